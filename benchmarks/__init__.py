@@ -1,0 +1,1 @@
+"""`neverstop bench <stage>`: each stage measured against a peer in one run."""

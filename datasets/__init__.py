@@ -1,0 +1,1 @@
+"""TFDS dataset definitions and the mixing stage (RLDS episodes -> weighted transition streams)."""

@@ -1,0 +1,148 @@
+"""Policies that act in a GraspEnv, all behind one interface.
+
+A policy is a callable `action = policy(observation, rng)` returning a
+float32[5] action in [-1, 1]. The rng is passed in (never global state) so a
+collector can derive it from the episode seed. Policies that keep
+per-episode state also implement `reset(rng)`, called after env.reset().
+`name` is what the dataset records in `episode_metadata/policy`.
+"""
+
+import math
+from typing import Callable, Dict, Optional, Protocol, runtime_checkable
+
+import numpy as np
+
+from neverstop import schema
+from neverstop.envs import grasp_env as grasp_env_lib
+
+Observation = Dict[str, np.ndarray]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray: ...
+
+
+def reset_policy(policy: Policy, rng: np.random.Generator) -> None:
+    """Calls `policy.reset(rng)` if the policy keeps per-episode state."""
+    reset = getattr(policy, "reset", None)
+    if reset is not None:
+        reset(rng)
+
+
+class RandomPolicy:
+    """Uniform actions; closes on any step with probability `close_prob`."""
+
+    name = "random"
+
+    def __init__(self, close_prob: float = 0.25):
+        self.close_prob = close_prob
+
+    def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
+        action = rng.uniform(-1.0, 1.0, schema.ACTION_DIM).astype(np.float32)
+        action[4] = 1.0 if rng.random() < self.close_prob else -1.0
+        return action
+
+
+class ScriptedGrasper:
+    """A noisy privileged grasper, the kind QT-Opt bootstrapped its data with.
+
+    It reads the object poses from the simulator (which a learned policy never
+    sees), picks one object, moves the tool over it with position noise,
+    descends and closes at a noisy height. It knows the robot's nominal
+    kinematics only, so it is no oracle on the morphology tasks either.
+    """
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        env: "grasp_env_lib.GraspEnv",
+        xy_noise: float = 0.015,
+        height_noise: float = 0.01,
+        action_noise: float = 0.1,
+    ):
+        self.env = env
+        self.xy_noise = xy_noise
+        self.height_noise = height_noise
+        self.action_noise = action_noise
+        self._goal: Optional[np.ndarray] = None
+
+    def reset(self, rng: np.random.Generator) -> None:
+        poses = self.env.object_poses()
+        inside = [
+            p
+            for p, _ in poses
+            if np.all(
+                np.abs(p[:2] - grasp_env_lib.TRAY_POSITION[:2])
+                < grasp_env_lib.WORKSPACE_HALF_EXTENT
+            )
+        ]
+        candidates = inside or [p for p, _ in poses]
+        chosen = candidates[rng.integers(len(candidates))]
+        goal = chosen.copy()
+        goal[:2] += rng.normal(0.0, self.xy_noise, 2)
+        goal[2] = max(
+            grasp_env_lib.FLOOR_Z + 0.012, chosen[2] - 0.005 + rng.normal(0.0, self.height_noise)
+        )
+        self._goal = goal
+        self._goal_yaw = rng.uniform(-math.pi / 2, math.pi / 2)
+
+    def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
+        if self._goal is None:
+            self.reset(rng)
+        cfg = self.env.config
+        tcp = self.env.tcp_position()
+        error = self._goal - tcp
+        action = np.zeros(schema.ACTION_DIM, np.float32)
+        action[:2] = error[:2] / cfg.translation_scale
+        lateral = float(np.linalg.norm(error[:2]))
+        # Descend fully once roughly above the goal, gently before that.
+        descent = error[2] if lateral < 0.03 else max(error[2], -0.02)
+        action[2] = descent / cfg.translation_scale
+        action[3] = (self._goal_yaw - self.env.yaw) / cfg.rotation_scale
+        action[:4] += rng.normal(0.0, self.action_noise, 4)
+        arrived = lateral < 0.02 and abs(error[2]) < 0.015
+        action[4] = 1.0 if arrived else -1.0
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+POLICY_NAMES = ("random", "scripted")
+
+
+def make_policy(name: str, env: "grasp_env_lib.GraspEnv") -> Policy:
+    """Builds a named policy for `env`; a clear error for unknown names."""
+    factories: Dict[str, Callable[[], Policy]] = {
+        "random": RandomPolicy,
+        "scripted": lambda: ScriptedGrasper(env),
+    }
+    if name not in factories:
+        raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")
+    return factories[name]()
+
+
+def run_episode(
+    env: "grasp_env_lib.GraspEnv",
+    policy: Policy,
+    seed: int,
+    policy_rng: Optional[np.random.Generator] = None,
+):
+    """Runs one episode; returns (observations, actions, rewards, info).
+
+    The policy's rng derives from the episode seed unless one is given, so an
+    episode is a pure function of (task, policy, seed).
+    """
+    rng = policy_rng or np.random.default_rng([seed, 1])
+    observation = env.reset(seed)
+    reset_policy(policy, rng)
+    observations, actions, rewards = [observation], [], []
+    done, info = False, {}
+    while not done:
+        action = policy(observation, rng)
+        observation, reward, done, info = env.step(action)
+        observations.append(observation)
+        actions.append(schema.validate_action(action))
+        rewards.append(reward)
+    return observations, actions, rewards, info

@@ -1,0 +1,1 @@
+"""Apache Beam pipelines: raw sim logs and robot bags -> validated RLDS datasets."""

@@ -1,0 +1,1 @@
+"""End-to-end recipes that chain the stages (quickstart, the paper's protocol)."""
