@@ -52,12 +52,14 @@ def _cmd_rollout(args) -> int:
 
     config = grasp_env.EnvConfig(renderer=args.renderer)
     with _progress_bar(args.episodes, f"{args.policy} on {args.task}") as bar:
-        successes = [0]
+        counts = {"episodes": 0, "successes": 0}
 
         def tick(success: bool):
-            successes[0] += int(success)
+            # Count here: a disabled tqdm (no terminal) does not advance bar.n.
+            counts["episodes"] += 1
+            counts["successes"] += int(success)
             bar.update(1)
-            bar.set_postfix(success=f"{successes[0] / bar.n:.0%}")
+            bar.set_postfix(success=f"{counts['successes'] / counts['episodes']:.0%}")
 
         result = rollout.rollout(
             args.task,

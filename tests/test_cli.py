@@ -1,0 +1,118 @@
+"""Tests for neverstop/cli.py: the `neverstop` console script and its subcommands."""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neverstop import cli
+from neverstop import schema
+from neverstop.envs import grasp_env
+
+# The console script installed next to this interpreter, so the test runs the
+# entry point users run rather than `python -m`.
+NEVERSTOP = os.path.join(os.path.dirname(sys.executable), "neverstop")
+
+
+def _neverstop(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([NEVERSTOP, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that claims to be a terminal, so the CLI's progress bar is enabled."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_help_lists_the_subcommands(tmp_path):
+    completed = _neverstop("--help", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    for command in ("quickstart", "render", "rollout", "bench", "tasks"):
+        assert re.search(rf"^\s+{command}\s", completed.stdout, re.MULTILINE), command
+
+
+def test_render_writes_the_first_observation_as_a_scaled_png(tmp_path):
+    out = tmp_path / "images" / "checkerboard.png"
+    args = "render --task checkerboard --seed 3 --scale 2".split()
+    completed = _neverstop(*args, "--out", str(out), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert "128x128" in completed.stdout and "renderer tiny" in completed.stdout
+    with Image.open(out) as image:
+        assert image.size == (128, 128)
+        assert image.mode == "RGB"
+        pixels = np.asarray(image)
+    # The CLI renders the held-out objects unless told otherwise.
+    with grasp_env.GraspEnv("checkerboard", grasp_env.EnvConfig(object_split="eval")) as env:
+        expected = env.reset(3)[schema.IMAGE]
+    np.testing.assert_array_equal(pixels[::2, ::2], expected)
+    np.testing.assert_array_equal(pixels[1::2, 1::2], expected)
+
+
+def test_render_with_unknown_task_names_the_valid_ones(tmp_path):
+    completed = _neverstop("render", "--task", "nope", "--out", "x.png", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert "invalid choice: 'nope'" in completed.stderr
+    for task in schema.TASKS:
+        assert f"'{task}'" in completed.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_rollout_writes_json_when_stderr_is_not_a_terminal(tmp_path):
+    out = tmp_path / "result.json"
+    completed = _neverstop(
+        "rollout", "--policy", "random", "--episodes", "3", "--json", str(out), cwd=tmp_path
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(out.read_text())["episodes"] == 3
+
+
+def test_rollout_writes_json(tmp_path, monkeypatch, capsys):
+    # With a terminal the progress bar counts, which sidesteps the bug above.
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    out = tmp_path / "result.json"
+    code = cli.main(["rollout", "--policy", "random", "--episodes", "3", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["episodes"] == 3
+    assert result["policy"] == "random"
+    assert result["object_split"] == "eval"
+    assert 0 <= result["successes"] <= 3
+    assert len(result["interval_95"]) == 2
+    assert f"{result['successes']}/3" in capsys.readouterr().out
+
+
+def test_rollout_with_no_episodes_exits_2(capsys):
+    assert cli.main(["rollout", "--episodes", "0"]) == 2
+    assert "neverstop rollout: error: episodes must be positive, got 0" in capsys.readouterr().err
+
+
+def test_render_with_zero_scale_exits_2(tmp_path, capsys):
+    assert cli.main(["render", "--out", str(tmp_path / "x.png"), "--scale", "0"]) == 2
+    assert "scale must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_tasks_lists_each_task_with_its_robot(capsys):
+    assert cli.main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(schema.TASKS)
+    for line, task in zip(lines, schema.TASKS):
+        assert schema.robot_id(task) in line
+    assert "the reference world" in lines[0]
+    assert "finger_extension=0.04" in lines[schema.TASKS.index("extended_gripper")]
+
+
+def test_bench_env_ends_with_a_result_line(tmp_path):
+    completed = _neverstop("bench", "env", "--episodes", "2", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert re.match(r"^RESULT env_grasps_per_s_ratio \d+\.\d+$", lines[-1]), lines[-1]
+    assert any(line.startswith("neverstop GraspEnv (tiny): 2 grasp episodes") for line in lines)
+    assert any(line.startswith("pybullet_envs KukaDiverseObjectEnv: 2 grasp") for line in lines)
