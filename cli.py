@@ -17,6 +17,7 @@ EPILOG = """examples:
   neverstop quickstart
   neverstop render --task checkerboard --seed 3 --out checkerboard.png --scale 4
   neverstop rollout --task base --policy scripted --episodes 200
+  neverstop collect --task base --policy scripted --episodes 100 --out raw/base --workers 2
   neverstop bench env
 """
 
@@ -104,7 +105,81 @@ def _cmd_bench(args) -> int:
             )
         print(f"RESULT env_grasps_per_s_ratio {result['ratio']:.2f}")
         return 0
+    if args.stage == "collect":
+        from neverstop.benchmarks import collect_bench
+
+        result = collect_bench.run(episodes=args.episodes or 300, seed=args.seed)
+        for r in result["runs"]:
+            print(
+                f"--workers {r['workers']}: {r['episodes']} episodes in {r['seconds']:.1f} s = "
+                f"{r['episodes_per_s']:.2f} episodes/s (steady state {r['steady_per_s']:.2f}/s, "
+                f"first episode after {r['startup_s']:.1f} s)"
+            )
+        print(f"identical files across worker counts: {result['identical']}")
+        print(f"RESULT collect_scaling {result['ratio']:.2f}")
+        return 0
     raise ValueError(f"unknown bench stage {args.stage!r}")
+
+
+def _cmd_collect(args) -> int:
+    from neverstop.envs import collect
+
+    config = collect.CollectConfig(
+        task=args.task,
+        policy=args.policy,
+        episodes=args.episodes,
+        seed=args.seed,
+        out=args.out,
+        workers=args.workers,
+        epsilon=args.epsilon,
+        object_split=args.split,
+        renderer=args.renderer,
+        image_encoding=args.image_encoding,
+        format=args.format,
+    )
+    collect.validate_config(config)  # fail fast, before the bar and the workers
+    beam_args = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
+    bar = _progress_bar(args.episodes, f"collect {args.task}/{args.policy}")
+    counts = {"episodes": 0, "successes": 0}
+
+    def tick(n: int, success: bool):
+        counts["episodes"] += n
+        counts["successes"] += int(success)
+        bar.update(n)
+        bar.set_postfix(success=f"{counts['successes'] / counts['episodes']:.0%}")
+
+    with bar:
+        summary = collect.collect(config, beam_args, progress=tick)
+    print(
+        f"{summary.out}: {summary.written} episodes written, {summary.already_present} already "
+        f"there, {summary.successes} successes among the new ones; "
+        f"{summary.seconds:.1f} s ({summary.episodes_per_s:.2f} episodes/s)"
+    )
+    for failure in summary.failed:
+        print(
+            f"  FAILED episode {failure['index']} (seed {failure['seed']}): {failure['error']}",
+            file=sys.stderr,
+        )
+    if summary.failed:
+        print(
+            f"{len(summary.failed)} episodes failed (details in "
+            f"{summary.out}/{collect.FAILURES_DIR}/); re-run the same command to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_export_bag(args) -> int:
+    from neverstop import rawlog
+    from neverstop.envs import rosbag_export
+
+    files = rawlog.list_episode_files(args.input)
+    if not files:
+        raise ValueError(f"no {rawlog.EXTENSION} episode files in {args.input!r}")
+    written = rosbag_export.export_directory(args.input, args.out, storage=args.storage)
+    print(f"wrote {len(written)} bags ({args.storage}) to {args.out}")
+    return 0
 
 
 def _cmd_quickstart(args) -> int:
@@ -207,15 +282,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_rollout)
 
     p = sub.add_parser(
+        "collect",
+        help="collect raw grasp episodes with a Beam job (resumable)",
+        description="Runs POLICY on TASK for N episodes as an Apache Beam job (one element = "
+        "a shard of seeds) and writes one raw episode file (or ROS 2 bag) per episode into "
+        "--out. Episode i gets a seed derived from (--seed, i), so the same command writes "
+        "the same files whatever --workers is; re-running into the same directory only "
+        "collects what is missing. Locally it runs on Beam's FnApiRunner with --workers "
+        "processes; --runner and any further Beam pipeline options (e.g. --project, "
+        "--region, --temp_location for Dataflow) pass through unchanged.",
+        epilog="example: neverstop collect --task base --policy scripted --episodes 1000 "
+        "--seed 0 --out data/raw/base --workers 2",
+    )
+    env_flags(p, split_default="train")
+    p.add_argument("--policy", default="scripted", choices=("scripted", "random"))
+    p.add_argument("--episodes", type=int, required=True, help="how many episodes in total")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default: 2)")
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.0,
+        help="take a random action with this probability (epsilon-greedy; default 0)",
+    )
+    p.add_argument(
+        "--format",
+        default="nsep",
+        choices=("nsep", "rosbag"),
+        help="nsep: neverstop episode files (default); rosbag: one ROS 2 bag each",
+    )
+    p.add_argument("--image-encoding", default="png", choices=schema.IMAGE_ENCODINGS)
+    p.add_argument("--runner", help="Beam runner (default: local FnApiRunner)")
+    p.set_defaults(fn=_cmd_collect, beam_args=[])
+
+    p = sub.add_parser(
+        "export-bag",
+        help="write existing raw episode files as ROS 2 bags",
+        description="Converts every .nsep file in --input into a ROS 2 bag under --out "
+        "(topics in docs/raw-logs.md).",
+    )
+    p.add_argument("--input", required=True, help="directory of .nsep episode files")
+    p.add_argument("--out", required=True, help="directory for the bags")
+    p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+    p.set_defaults(fn=_cmd_export_bag)
+
+    p = sub.add_parser(
         "bench",
         help="measure a stage against its peer (last line: RESULT)",
-        description="env: grasp episodes/s of GraspEnv vs pybullet's "
-        "KukaDiverseObjectEnv, random policy, 64x64, held-out objects.",
+        description="env: grasp episodes/s of GraspEnv vs pybullet's KukaDiverseObjectEnv, "
+        "random policy, 64x64, held-out objects (default 30 episodes each). "
+        "collect: episodes/s of `collect --workers 2` over `--workers 1`, scripted policy "
+        "on base, same seeds (default 300 episodes each).",
     )
-    p.add_argument("stage", choices=("env",))
-    p.add_argument(
-        "--episodes", type=int, default=30, help="episodes per side (default: %(default)s)"
-    )
+    p.add_argument("stage", choices=("env", "collect"))
+    p.add_argument("--episodes", type=int, help="episodes per side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renderer", default="tiny", choices=("tiny", "egl", "auto"))
     p.set_defaults(fn=_cmd_bench)
@@ -225,8 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that hand unknown flags to Beam as pipeline options.
+BEAM_COMMANDS = ("collect",)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command not in BEAM_COMMANDS:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.beam_args = extra
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

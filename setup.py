@@ -82,6 +82,9 @@ setuptools.setup(
         "pyyaml",
         "tqdm",
         "pillow",
+        # Pure-Python ROS 1/2 bag reading and writing (no ROS install);
+        # 0.11 writes ROS 2 bags with both the sqlite3 and MCAP plugins.
+        "rosbags>=0.11,<0.12",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout"],

@@ -11,12 +11,12 @@ import glob
 import hashlib
 import os
 import tempfile
-import zlib
-import struct
 from typing import List, Sequence, Tuple
 
 import numpy as np
 import pybullet_data
+
+from neverstop import rawlog
 
 DATA_DIR = pybullet_data.getDataPath()
 
@@ -138,26 +138,6 @@ def robot_urdf(finger_extension: float = 0.0, mount_offset: float = 0.0) -> str:
     return _write_cached("kuka_iiwa_gripper.urdf", urdf.encode())
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Minimal RGB PNG encoder, so textures need no imaging library."""
-    height, width, _ = image.shape
-    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(height))
-
-    def chunk(tag, data):
-        body = tag + data
-        return (
-            struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-
-
 def checkerboard_texture(squares: int = 12, pixels: int = 240) -> str:
     """A high-contrast black/yellow checkerboard PNG; returns its path."""
     cell = pixels // squares
@@ -166,7 +146,7 @@ def checkerboard_texture(squares: int = 12, pixels: int = 240) -> str:
     image = np.where(mask[..., None], np.uint8([250, 220, 30]), np.uint8([10, 10, 10])).astype(
         np.uint8
     )
-    return _write_cached("checkerboard.png", encode_png(image))
+    return _write_cached("checkerboard.png", rawlog.encode_png(image))
 
 
 @functools.lru_cache(maxsize=None)

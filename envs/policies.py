@@ -109,18 +109,69 @@ class ScriptedGrasper:
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
+class ScorerPolicy:
+    """Greedy over sampled actions under a score function.
+
+    `score_fn(observation, actions[N, 5]) -> scores[N]` stands in for a
+    Q-function; the trainer's CEM policy has the same call signature as
+    this, so the epsilon-greedy wrapper and the collector work with either.
+    """
+
+    def __init__(self, score_fn, num_samples: int = 64, name: str = "scorer"):
+        self.score_fn = score_fn
+        self.num_samples = num_samples
+        self.name = name
+
+    def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
+        candidates = rng.uniform(-1.0, 1.0, (self.num_samples, schema.ACTION_DIM))
+        scores = np.asarray(self.score_fn(observation, candidates.astype(np.float32)))
+        if scores.shape != (self.num_samples,):
+            raise ValueError(
+                f"score_fn returned shape {scores.shape}, expected ({self.num_samples},)"
+            )
+        return candidates[int(np.argmax(scores))].astype(np.float32)
+
+
+class EpsilonGreedy:
+    """Acts with `explore` (random by default) with probability epsilon, else `greedy`.
+
+    How the study collects target data: the pre-trained policy plus
+    exploration noise. The name records both, e.g. "qtopt:ckpt-7@eps=0.2".
+    """
+
+    def __init__(self, greedy: Policy, epsilon: float, explore: Optional[Policy] = None):
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.greedy = greedy
+        self.epsilon = float(epsilon)
+        self.explore = explore or RandomPolicy()
+        self.name = f"{greedy.name}@eps={self.epsilon:g}"
+
+    def reset(self, rng: np.random.Generator) -> None:
+        reset_policy(self.greedy, rng)
+        reset_policy(self.explore, rng)
+
+    def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
+        actor = self.explore if rng.random() < self.epsilon else self.greedy
+        return actor(observation, rng)
+
+
 POLICY_NAMES = ("random", "scripted")
 
 
-def make_policy(name: str, env: "grasp_env_lib.GraspEnv") -> Policy:
-    """Builds a named policy for `env`; a clear error for unknown names."""
+def make_policy(name: str, env: "grasp_env_lib.GraspEnv", epsilon: float = 0.0) -> Policy:
+    """Builds a named policy for `env`, epsilon-greedy when epsilon > 0.
+
+    Unknown names raise ValueError listing the known ones.
+    """
     factories: Dict[str, Callable[[], Policy]] = {
         "random": RandomPolicy,
         "scripted": lambda: ScriptedGrasper(env),
     }
     if name not in factories:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")
-    return factories[name]()
+    policy = factories[name]()
+    return EpsilonGreedy(policy, epsilon) if epsilon > 0 else policy
 
 
 def run_episode(

@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from neverstop.envs import assets
+from neverstop import rawlog
 from neverstop.envs import grasp_env as grasp_env_lib
 
 
@@ -37,5 +37,5 @@ def render_task(
     directory = os.path.dirname(os.path.abspath(out))
     os.makedirs(directory, exist_ok=True)
     with open(out, "wb") as f:
-        f.write(assets.encode_png(np.ascontiguousarray(big)))
+        f.write(rawlog.encode_png(np.ascontiguousarray(big)))
     return {"task": task, "seed": seed, "renderer": renderer, "path": out, "shape": list(big.shape)}
