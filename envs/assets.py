@@ -149,12 +149,30 @@ def checkerboard_texture(squares: int = 12, pixels: int = 240) -> str:
     return _write_cached("checkerboard.png", rawlog.encode_png(image))
 
 
+def _mesh_is_finite(urdf_path: str) -> bool:
+    """False for an object whose OBJ mesh has non-finite vertices.
+
+    pybullet_data ships one such object (random_urdfs/168: every vertex is
+    NaN). Bullet then reads outside its point array while computing the
+    hull's bounding box, so anything touching that object depends on stray
+    heap memory: the same seed gave different episodes in different
+    processes (found with valgrind). Such objects are left out of the sets.
+    """
+    mesh = os.path.splitext(urdf_path)[0] + ".obj"
+    with open(mesh) as f:
+        return not any(
+            line.startswith("v ") and ("nan" in line.lower() or "inf" in line.lower()) for line in f
+        )
+
+
 @functools.lru_cache(maxsize=None)
 def random_urdf_paths(split: str) -> Tuple[str, ...]:
-    """The 900 training or 100 held-out `random_urdfs` objects, sorted.
+    """The training or held-out `random_urdfs` objects, sorted by id.
 
-    Held-out ids end in 0 (DESIGN.md). Sorted by id so that every machine
-    draws the same objects for a seed, whatever the on-disk order.
+    Held-out ids end in 0 (DESIGN.md): 100 of them; training uses the other
+    900 less any whose mesh is broken (one, id 168, in pybullet 3.2.7).
+    Sorted so that every machine draws the same objects for a seed,
+    whatever the on-disk order.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown object split {split!r}; expected one of {SPLITS}")
@@ -165,7 +183,11 @@ def random_urdf_paths(split: str) -> Tuple[str, ...]:
             f"found {len(paths)}; is pybullet_data complete?"
         )
     held_out = split == "eval"
-    return tuple(p for p in paths if os.path.basename(os.path.dirname(p)).endswith("0") == held_out)
+    return tuple(
+        p
+        for p in paths
+        if os.path.basename(os.path.dirname(p)).endswith("0") == held_out and _mesh_is_finite(p)
+    )
 
 
 # Bottle shapes: 1000 shape ids like random_urdfs; ids ending in 0 are held
