@@ -185,7 +185,9 @@ def _cmd_export_bag(args) -> int:
 def _cmd_quickstart(args) -> int:
     from neverstop.workflows import quickstart
 
-    config = quickstart.QuickstartConfig(data_dir=args.data_dir, episodes=args.episodes)
+    config = quickstart.QuickstartConfig(
+        data_dir=args.data_dir, episodes=args.episodes, workers=args.workers
+    )
     report = quickstart.run(config, progress=lambda msg: print(f"  {msg}", flush=True))
     print(f"quickstart done; report: {report}")
     return 0
@@ -240,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "quickstart",
         help="a few-minute tour on local defaults",
-        description="Renders the six tasks and measures the data-collection "
-        "policies; writes a Markdown report under --data-dir.",
+        description="Renders the six tasks, measures the data-collection policies and "
+        "collects 40 base episodes with the Beam collector; writes a Markdown report under "
+        "--data-dir.",
     )
     p.add_argument(
         "--data-dir", default="neverstop_data", help="where to write (default: %(default)s)"
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--episodes", type=int, default=30, help="episodes per policy (default: %(default)s)"
     )
+    p.add_argument("--workers", type=int, default=2, help="collector processes (default: 2)")
     p.set_defaults(fn=_cmd_quickstart)
 
     p = sub.add_parser(

@@ -1,8 +1,10 @@
 """The README's first command: a few-minute tour on local defaults.
 
 Today it covers the stages that exist: it renders what the camera sees in
-each of the six tasks and measures the scripted and random data-collection
-policies on held-out objects, writing a Markdown report. As collection,
+each of the six tasks, measures the scripted and random data-collection
+policies on held-out objects, and collects a small base dataset of raw
+episode files with the Beam collector (local runner, two workers), writing
+a Markdown report. As collection,
 ingestion, mixing and training land, this grows into the tiny instance of
 the paper's chain that the workflows issue describes.
 """
@@ -13,7 +15,9 @@ import logging
 import os
 from typing import Callable, Optional
 
+from neverstop import rawlog
 from neverstop import schema
+from neverstop.envs import collect as collect_lib
 from neverstop.envs import render as render_lib
 from neverstop.envs import rollout as rollout_lib
 
@@ -25,6 +29,8 @@ class QuickstartConfig:
     data_dir: str = DEFAULT_DATA_DIR
     episodes: int = 30
     seed: int = 0
+    collect_episodes: int = 40
+    workers: int = 2
 
 
 def run(
@@ -46,6 +52,22 @@ def run(
         logging.info("%s on base: %d/%d", policy, result.successes, result.episodes)
         if progress:
             progress(f"evaluated {policy}")
+    raw_dir = os.path.join(out, "raw", "base")
+    collected = collect_lib.collect(
+        collect_lib.CollectConfig(
+            task="base",
+            policy="scripted",
+            episodes=config.collect_episodes,
+            seed=config.seed,
+            out=raw_dir,
+            workers=config.workers,
+        )
+    )
+    files = rawlog.list_episode_files(raw_dir)
+    steps = sum(rawlog.read_header(path)["num_steps"] for path in files)
+    size = sum(os.path.getsize(path) for path in files)
+    if progress:
+        progress(f"collected {collected.written} new episodes into {raw_dir}")
     lines = [
         "# neverstop quickstart",
         "",
@@ -61,6 +83,16 @@ def run(
             f"| {r.policy} | {r.success_rate:.1%} ({r.successes}/{r.episodes}) "
             f"| [{low:.1%}, {high:.1%}] | {r.episodes_per_s:.1f} |"
         )
+    lines += [
+        "",
+        "## Collected data",
+        "",
+        f"`{raw_dir}`: {len(files)} scripted `base` episodes (training objects) from the Beam "
+        f"collector with {config.workers} local workers, {steps} steps, "
+        f"{size / max(steps, 1):.0f} bytes per step; "
+        f"{collected.successes} successes among the {collected.written} collected in this run, "
+        f"{collected.already_present} already there from an earlier run.",
+    ]
     lines += ["", "## What the camera sees (after lowering the gripper 3 steps)", ""]
     lines += [f"- `{r['task']}`: ![{r['task']}](render/{r['task']}.png)" for r in renders]
     report = os.path.join(out, "report.md")

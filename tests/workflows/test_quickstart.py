@@ -6,6 +6,7 @@ import os
 import pytest
 from PIL import Image
 
+from neverstop import rawlog
 from neverstop import schema
 from neverstop.workflows import quickstart
 
@@ -15,7 +16,8 @@ def report(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
     messages = []
     path = quickstart.run(
-        quickstart.QuickstartConfig(data_dir=str(data_dir), episodes=3), progress=messages.append
+        quickstart.QuickstartConfig(data_dir=str(data_dir), episodes=3, collect_episodes=4),
+        progress=messages.append,
     )
     return path, messages
 
@@ -25,9 +27,11 @@ def test_report_is_written_under_the_data_dir(report):
     assert os.path.basename(path) == "report.md"
     assert os.path.basename(os.path.dirname(path)) == "quickstart"
     assert os.path.isfile(path)
+    raw_dir = os.path.join(os.path.dirname(path), "raw", "base")
     assert messages == [f"rendered {task}" for task in schema.TASKS] + [
         "evaluated scripted",
         "evaluated random",
+        f"collected 4 new episodes into {raw_dir}",
     ]
 
 
@@ -71,3 +75,18 @@ def test_results_json_has_both_policies(report):
         assert r["task"] == "base"
         assert r["object_split"] == "eval"
         assert 0 <= r["successes"] <= 3
+
+
+def test_quickstart_collects_raw_episodes_with_the_beam_collector(report):
+    path, _ = report
+    raw_dir = os.path.join(os.path.dirname(path), "raw", "base")
+    files = rawlog.list_episode_files(raw_dir)
+    assert len(files) == 4
+    episodes = [rawlog.read_episode(f) for f in files]
+    assert {e.metadata[schema.POLICY] for e in episodes} == {"scripted"}
+    assert {e.metadata[schema.TASK] for e in episodes} == {"base"}
+    with open(path) as f:
+        text = f.read()
+    assert f"`{raw_dir}`: 4 scripted `base` episodes" in text
+    steps = sum(e.num_steps for e in episodes)
+    assert f", {steps} steps, " in text
