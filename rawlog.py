@@ -424,11 +424,18 @@ def iter_episodes(directory: str) -> Iterator[Episode]:
 
 
 def remove_stale_temporaries(directory: str) -> int:
-    """Deletes temporary files a killed writer left behind; returns how many."""
+    """Deletes what killed writers left behind (temporary files, or the
+    scratch directories of bag writers); returns how many."""
+    import shutil
+
     removed = 0
     if os.path.isdir(directory):
         for name in os.listdir(directory):
             if name.startswith(TEMP_PREFIX):
-                os.unlink(os.path.join(directory, name))
+                path = os.path.join(directory, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
                 removed += 1
     return removed

@@ -33,6 +33,7 @@ from neverstop.version import __version__
 
 FORMATS = ("nsep", "rosbag")
 FAILURES_DIR = "_failures"
+CORRUPT_DIR = "_corrupt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +73,20 @@ def policy_label(config: CollectConfig) -> str:
     return f"{config.policy}@eps={config.epsilon:g}" if config.epsilon > 0 else config.policy
 
 
-def validate_config(config: CollectConfig) -> CollectConfig:
-    """Fails fast, before any worker starts, with a message naming the problem."""
+def validate_config(config: CollectConfig, named_policy: bool = True) -> CollectConfig:
+    """Fails fast, before any worker starts, with a message naming the problem.
+
+    `named_policy=False` when a custom policy factory supplies the policy:
+    then `config.policy` is free text (the label ids and metadata carry).
+    """
     from neverstop.envs import policies
 
     schema.validate_task(config.task)
-    if config.policy not in policies.POLICY_NAMES:
+    if not config.policy or not re.fullmatch(r"[A-Za-z0-9._:@=+-]+", config.policy):
+        raise ValueError(
+            f"policy label {config.policy!r} must be non-empty letters, digits " "or ._:@=+-"
+        )
+    if named_policy and config.policy not in policies.POLICY_NAMES:
         raise ValueError(
             f"unknown policy {config.policy!r}; expected one of {', '.join(policies.POLICY_NAMES)}"
         )
@@ -118,19 +127,43 @@ def output_name(config: CollectConfig, index: int) -> str:
     return rawlog.filename(eid) if config.format == "nsep" else eid + ".bag"
 
 
+def read_output_metadata(config: CollectConfig, path: str) -> dict:
+    """The episode metadata of a finished output (.nsep file or bag).
+
+    Raises ValueError (RawLogError for .nsep) if the output is unreadable.
+    An .nsep file is read whole, so a file damaged after its header counts
+    as unreadable too.
+    """
+    if config.format == "rosbag":
+        from neverstop.envs import rosbag_export
+
+        return rosbag_export.read_metadata(path)
+    return rawlog.read_episode(path).metadata
+
+
 def missing_indices(config: CollectConfig) -> List[int]:
-    """Indices whose output is absent or unreadable (those are collected again)."""
+    """Indices whose output is absent or unreadable (those are collected again).
+
+    An unreadable output is moved to DIR/_corrupt/ (kept for inspection,
+    never silently deleted) so that the re-run can write a good one.
+    """
     missing = []
     for index in range(config.episodes):
-        path = os.path.join(config.out, output_name(config, index))
+        name = output_name(config, index)
+        path = os.path.join(config.out, name)
         if not os.path.exists(path):
             missing.append(index)
-        elif config.format == "nsep":
-            try:
-                rawlog.read_header(path)
-            except rawlog.RawLogError as e:
-                logging.warning("re-collecting %s: %s", path, e)
-                missing.append(index)
+            continue
+        try:
+            read_output_metadata(config, path)
+        except ValueError as e:
+            quarantine = os.path.join(config.out, CORRUPT_DIR)
+            os.makedirs(quarantine, exist_ok=True)
+            os.replace(path, os.path.join(quarantine, name))
+            logging.warning(
+                "moved unreadable %s to %s/ and collecting it again: %s", path, CORRUPT_DIR, e
+            )
+            missing.append(index)
     return missing
 
 
@@ -147,7 +180,7 @@ def collect_episode(env, policy, config: CollectConfig, index: int) -> rawlog.Ep
     seed = episode_seed(config.seed, index)
     observations, actions, rewards, info = policies.run_episode(env, policy, seed)
     metadata = {
-        schema.EPISODE_ID: episode_id(config.task, policy.name, config.seed, index),
+        schema.EPISODE_ID: episode_id(config.task, policy_label(config), config.seed, index),
         schema.TASK: config.task,
         schema.SOURCE: schema.SOURCE_SIM,
         schema.ROBOT: schema.robot_id(config.task),
@@ -211,6 +244,14 @@ def _collect_shard_fn():
             )
             self.env = grasp_env.GraspEnv(self.config.task, env_config)
             self.policy = self.policy_factory(self.env, self.config)
+            # Ids are derived from the config's label before any policy exists
+            # (that is what makes resume possible), so the two must agree.
+            if self.policy.name != policy_label(self.config):
+                raise ValueError(
+                    f"the policy factory made a policy named {self.policy.name!r}, but the "
+                    f"collection is labelled {policy_label(self.config)!r}; set "
+                    "CollectConfig.policy (and epsilon) to match"
+                )
 
         def process(self, shard: Tuple[int, ...]) -> Iterator:
             for index in shard:
@@ -313,16 +354,13 @@ class _Watcher(threading.Thread):
                 and name not in self.known
             ):
                 self.known.add(name)
-                success = False
-                if self.config.format == "nsep":
-                    try:
-                        success = bool(
-                            rawlog.read_header(os.path.join(self.config.out, name))["metadata"][
-                                schema.SUCCESS
-                            ]
-                        )
-                    except (rawlog.RawLogError, OSError, KeyError):
-                        pass
+                try:
+                    metadata = read_output_metadata(
+                        self.config, os.path.join(self.config.out, name)
+                    )
+                    success = bool(metadata[schema.SUCCESS])
+                except (ValueError, OSError, KeyError):
+                    success = False  # counted, and checked properly at the end
                 self.successes += int(success)
                 self.callback(1, success)
 
@@ -346,7 +384,7 @@ def collect(
     """
     from neverstop import beam_pipeline
 
-    validate_config(config)
+    validate_config(config, named_policy=policy_factory is named_policy)
     stale = rawlog.remove_stale_temporaries(config.out)
     if stale:
         logging.info("removed %d temporary files left by a killed run", stale)
@@ -374,11 +412,10 @@ def collect(
         for name in sorted(os.listdir(failures_dir)):
             with open(os.path.join(failures_dir, name)) as f:
                 failed.append(json.load(f))
-    remaining = set(missing_indices(config))
-    written = len(todo) - len(remaining & set(todo))
-    successes = 0
-    if config.format == "nsep":
-        for index in set(todo) - remaining:
-            header = rawlog.read_header(os.path.join(config.out, output_name(config, index)))
-            successes += int(header["metadata"][schema.SUCCESS])
+    written = successes = 0
+    for index in todo:
+        path = os.path.join(config.out, output_name(config, index))
+        if os.path.exists(path):
+            written += 1
+            successes += int(read_output_metadata(config, path)[schema.SUCCESS])
     return CollectSummary(config.episodes, present, written, successes, failed, seconds, config.out)

@@ -61,6 +61,9 @@ STATE_LEAD_S = 0.02
 CONTROL_JITTER_S = 0.01
 CAMERA_JITTER_S = 0.005
 EPOCH_S = 1_700_000_000  # bags carry realistic-looking absolute stamps
+# metadata.yaml custom_data key holding the episode metadata as JSON, so a
+# collector can count successes without decoding messages.
+METADATA_KEY = "neverstop.episode_metadata"
 STORAGES = ("mcap", "sqlite3")
 
 
@@ -211,6 +214,13 @@ def write_bag(path: str, episode: rawlog.Episode, storage: str = "mcap") -> str:
     messages.sort(key=lambda m: (m[0], m[1]))
     try:
         with Writer(tmp, version=9, storage_plugin=plugin) as writer:
+            writer.set_custom_data(
+                METADATA_KEY,
+                json.dumps(
+                    {k: v for k, v in episode.metadata.items() if k != schema.FILE_PATH},
+                    sort_keys=True,
+                ),
+            )
             connections = {
                 topic: writer.add_connection(topic, msgtype, typestore=ts)
                 for topic, msgtype in TOPIC_TYPES.items()
@@ -221,6 +231,18 @@ def write_bag(path: str, episode: rawlog.Episode, storage: str = "mcap") -> str:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def read_metadata(path: str) -> dict:
+    """The episode metadata a bag written here carries (from metadata.yaml)."""
+    import yaml
+
+    try:
+        with open(os.path.join(path, "metadata.yaml")) as f:
+            info = yaml.safe_load(f)["rosbag2_bagfile_information"]
+        return json.loads(info["custom_data"][METADATA_KEY])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a bag written by neverstop ({e})") from None
 
 
 def export_directory(

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from neverstop import cli
+from neverstop import rawlog
 from neverstop import schema
 from neverstop.envs import grasp_env
 
@@ -116,3 +117,92 @@ def test_bench_env_ends_with_a_result_line(tmp_path):
     assert re.match(r"^RESULT env_grasps_per_s_ratio \d+\.\d+$", lines[-1]), lines[-1]
     assert any(line.startswith("neverstop GraspEnv (tiny): 2 grasp episodes") for line in lines)
     assert any(line.startswith("pybullet_envs KukaDiverseObjectEnv: 2 grasp") for line in lines)
+
+
+# --- collect and export-bag -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """`neverstop collect` of three random episodes, run once for the tests below."""
+    root = tmp_path_factory.mktemp("cli-collect")
+    out = root / "raw"
+    completed = _neverstop(
+        *"collect --episodes 3 --workers 1 --task base --policy random --seed 1".split(),
+        "--out",
+        str(out),
+        cwd=root,
+    )
+    return root, out, completed
+
+
+def test_help_lists_collect_and_export_bag(tmp_path):
+    completed = _neverstop("--help", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    for command in ("collect", "export-bag"):
+        assert re.search(rf"^\s+{command}\s", completed.stdout, re.MULTILINE), command
+
+
+def test_collect_writes_the_episodes_and_says_so(collected):
+    _, out, completed = collected
+    assert completed.returncode == 0, completed.stderr
+    assert f"{out}: 3 episodes written, 0 already there" in completed.stdout
+    names = sorted(os.listdir(out))
+    assert names == [f"sim-base-random-s1-{i:06d}.nsep" for i in range(3)]
+    for name in names:
+        episode = rawlog.read_episode(str(out / name))
+        assert episode.metadata[schema.POLICY] == "random"
+        assert episode.provenance["object_split"] == "train"
+
+
+def test_collect_with_no_episodes_exits_2_before_starting(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["collect", "--episodes", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "neverstop collect: error: --episodes must be a positive integer, got 0" in err
+    assert not out.exists()
+
+
+def test_collect_with_an_unknown_policy_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["collect", "--episodes", "1", "--policy", "nope", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_collect_into_an_unwritable_directory_exits_2(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub"
+    assert cli.main(["collect", "--episodes", "1", "--out", str(out)]) == 2
+    assert f"output directory {str(out)!r} is not writable" in capsys.readouterr().err
+
+
+def test_unknown_flags_on_a_command_without_beam_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["tasks", "--bogus"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_export_bag_from_an_empty_directory_exits_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["export-bag", "--input", str(empty), "--out", str(tmp_path / "x")]) == 2
+    assert f"no .nsep episode files in {str(empty)!r}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_bag_writes_one_bag_per_episode(collected):
+    root, out, _ = collected
+    bags = root / "bags"
+    completed = _neverstop(
+        "export-bag", "--input", str(out), "--out", str(bags), "--storage", "sqlite3", cwd=root
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"wrote 3 bags (sqlite3) to {bags}" in completed.stdout
+    names = sorted(os.listdir(bags))
+    assert names == [f"sim-base-random-s1-{i:06d}.bag" for i in range(3)]
+    for name in names:
+        files = sorted(os.listdir(bags / name))
+        assert "metadata.yaml" in files
+        assert [f for f in files if f.endswith(".db3")], files

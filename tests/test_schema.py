@@ -23,19 +23,21 @@ def _example_episode(num_steps: int = 3, seed: int = 0, first_image=None) -> dic
     steps = []
     for index in range(num_steps):
         last = index == num_steps - 1
-        steps.append({
-            schema.OBSERVATION: {
-                schema.IMAGE: rng.integers(0, 256, schema.IMAGE_SHAPE, dtype=np.uint8),
-                schema.GRIPPER_CLOSED: np.float32(last),
-                schema.HEIGHT_TO_BOTTOM: np.float32(0.3 - 0.05 * index),
-            },
-            schema.ACTION: rng.uniform(-1, 1, schema.ACTION_DIM).astype(np.float32),
-            schema.REWARD: np.float32(last),
-            schema.DISCOUNT: np.float32(1.0),
-            schema.IS_FIRST: index == 0,
-            schema.IS_LAST: last,
-            schema.IS_TERMINAL: last,
-        })
+        steps.append(
+            {
+                schema.OBSERVATION: {
+                    schema.IMAGE: rng.integers(0, 256, schema.IMAGE_SHAPE, dtype=np.uint8),
+                    schema.GRIPPER_CLOSED: np.float32(last),
+                    schema.HEIGHT_TO_BOTTOM: np.float32(0.3 - 0.05 * index),
+                },
+                schema.ACTION: rng.uniform(-1, 1, schema.ACTION_DIM).astype(np.float32),
+                schema.REWARD: np.float32(last),
+                schema.DISCOUNT: np.float32(1.0),
+                schema.IS_FIRST: index == 0,
+                schema.IS_LAST: last,
+                schema.IS_TERMINAL: last,
+            }
+        )
     if first_image is not None:
         steps[0][schema.OBSERVATION][schema.IMAGE] = first_image
     metadata = {
@@ -71,10 +73,23 @@ def test_tasks_are_the_six_worlds():
 def test_field_names_match_the_design():
     assert schema.OBSERVATION_KEYS == ("image", "gripper_closed", "height_to_bottom")
     assert schema.STEP_KEYS == (
-        "observation", "action", "reward", "discount", "is_first", "is_last", "is_terminal"
+        "observation",
+        "action",
+        "reward",
+        "discount",
+        "is_first",
+        "is_last",
+        "is_terminal",
     )
     assert schema.METADATA_KEYS == (
-        "episode_id", "task", "source", "robot", "policy", "success", "seed", "file_path"
+        "episode_id",
+        "task",
+        "source",
+        "robot",
+        "policy",
+        "success",
+        "seed",
+        "file_path",
     )
     assert (schema.STEPS, schema.EPISODE_METADATA) == ("steps", "episode_metadata")
     assert schema.ACTION_NAMES == ("dx", "dy", "dz", "dyaw", "close")
@@ -217,9 +232,7 @@ def test_validate_observation_rejects_non_finite_scalar():
 
 def test_every_feature_is_documented():
     features = schema.episode_features()
-    documented = {
-        doc.name: doc.description for doc in features.catalog_documentation() if doc.name
-    }
+    documented = {doc.name: doc.description for doc in features.catalog_documentation() if doc.name}
     assert "steps/observation/image" in documented
     assert "episode_metadata/seed" in documented
     assert all(documented.values()), [name for name, desc in documented.items() if not desc]
@@ -251,15 +264,26 @@ def test_png_episode_round_trips_exactly():
         )
         for key in (schema.GRIPPER_CLOSED, schema.HEIGHT_TO_BOTTOM):
             assert read[schema.OBSERVATION][key] == written[schema.OBSERVATION][key]
-        for key in (schema.REWARD, schema.DISCOUNT, schema.IS_FIRST, schema.IS_LAST,
-                    schema.IS_TERMINAL):
+        for key in (
+            schema.REWARD,
+            schema.DISCOUNT,
+            schema.IS_FIRST,
+            schema.IS_LAST,
+            schema.IS_TERMINAL,
+        ):
             assert read[key] == written[key], key
     assert [step[schema.IS_FIRST] for step in steps] == [True, False, False]
     assert [step[schema.IS_LAST] for step in steps] == [False, False, True]
 
     written_metadata = episode[schema.EPISODE_METADATA]
-    for key in (schema.EPISODE_ID, schema.TASK, schema.SOURCE, schema.ROBOT, schema.POLICY,
-                schema.FILE_PATH):
+    for key in (
+        schema.EPISODE_ID,
+        schema.TASK,
+        schema.SOURCE,
+        schema.ROBOT,
+        schema.POLICY,
+        schema.FILE_PATH,
+    ):
         assert metadata[key].decode() == written_metadata[key], key
     assert metadata[schema.SUCCESS] == np.True_
     assert metadata[schema.SEED] == 1 and metadata[schema.SEED].dtype == np.int64

@@ -80,3 +80,121 @@ def test_run_episode_is_a_function_of_the_seed(env):
     first = policies.run_episode(env, policies.RandomPolicy(), 11)[1]
     second = policies.run_episode(env, policies.RandomPolicy(), 11)[1]
     np.testing.assert_array_equal(np.stack(first), np.stack(second))
+
+
+# --- EpsilonGreedy, ScorerPolicy ------------------------------------------------------
+
+
+class _Constant:
+    """A stand-in policy that always returns the same action and counts resets."""
+
+    def __init__(self, name: str, value: float):
+        self.name = name
+        self.action = np.full(schema.ACTION_DIM, value, np.float32)
+        self.resets = 0
+
+    def reset(self, rng):
+        self.resets += 1
+
+    def __call__(self, observation, rng):
+        return self.action
+
+
+def _explore_share(epsilon: float, calls: int, seed: int = 0) -> float:
+    greedy, explore = _Constant("greedy", 0.5), _Constant("explore", -0.5)
+    policy = policies.EpsilonGreedy(greedy, epsilon, explore=explore)
+    rng = np.random.default_rng(seed)
+    actions = np.stack([policy(_observation(), rng) for _ in range(calls)])
+    explored = np.all(actions == explore.action, axis=1)
+    assert np.all(explored | np.all(actions == greedy.action, axis=1))
+    return float(explored.mean())
+
+
+def test_epsilon_greedy_with_epsilon_0_always_acts_greedily():
+    assert _explore_share(0.0, 200) == 0.0
+
+
+def test_epsilon_greedy_with_epsilon_1_always_explores():
+    assert _explore_share(1.0, 200) == 1.0
+
+
+def test_epsilon_greedy_explores_with_probability_epsilon():
+    share = _explore_share(0.3, 2000, seed=1)
+    assert abs(share - 0.3) < 0.03, share
+
+
+def test_epsilon_greedy_explores_with_random_actions_by_default():
+    policy = policies.EpsilonGreedy(_Constant("greedy", 0.5), 1.0)
+    assert isinstance(policy.explore, policies.RandomPolicy)
+    rng = np.random.default_rng(0)
+    actions = np.stack([policy(_observation(), rng) for _ in range(20)])
+    assert len({tuple(a) for a in actions}) == 20
+    assert actions.min() >= schema.ACTION_MIN and actions.max() <= schema.ACTION_MAX
+
+
+def test_epsilon_greedy_name_and_reset():
+    greedy, explore = _Constant("scripted", 0.0), _Constant("random", 0.0)
+    policy = policies.EpsilonGreedy(greedy, 0.2, explore=explore)
+    assert policy.name == "scripted@eps=0.2"
+    assert policies.EpsilonGreedy(_Constant("qtopt:ckpt-7", 0.0), 0.05).name == (
+        "qtopt:ckpt-7@eps=0.05"
+    )
+    policies.reset_policy(policy, np.random.default_rng(0))
+    assert (greedy.resets, explore.resets) == (1, 1)
+
+
+@pytest.mark.parametrize("epsilon", [-0.1, 1.5])
+def test_epsilon_greedy_rejects_epsilon_outside_0_1(epsilon):
+    with pytest.raises(ValueError, match=rf"epsilon must be in \[0, 1\], got {epsilon}"):
+        policies.EpsilonGreedy(_Constant("greedy", 0.0), epsilon)
+
+
+def test_make_policy_with_epsilon_wraps_the_policy(env):
+    policy = policies.make_policy("random", env, epsilon=0.2)
+    assert isinstance(policy, policies.EpsilonGreedy)
+    assert policy.name == "random@eps=0.2"
+    assert isinstance(policy.greedy, policies.RandomPolicy)
+    scripted = policies.make_policy("scripted", env, epsilon=0.5)
+    assert scripted.name == "scripted@eps=0.5"
+    assert scripted.greedy.env is env
+
+
+TARGET = np.array([0.5, -0.25, 0.75, 0.0, -1.0], np.float32)
+
+
+def _distance_score(observation, actions):
+    return -np.sum((actions - TARGET) ** 2, axis=1)
+
+
+def test_scorer_policy_returns_its_best_sample():
+    seen = []
+
+    def score(observation, actions):
+        seen.append(actions.copy())
+        return _distance_score(observation, actions)
+
+    policy = policies.ScorerPolicy(score, num_samples=64, name="toy-q")
+    assert policy.name == "toy-q"
+    action = policy(_observation(), np.random.default_rng(0))
+    [samples] = seen
+    assert samples.shape == (64, schema.ACTION_DIM) and samples.dtype == np.float32
+    assert action.dtype == np.float32 and action.shape == (schema.ACTION_DIM,)
+    distances = np.sum((samples - TARGET) ** 2, axis=1)
+    np.testing.assert_array_equal(action, samples[np.argmin(distances)])
+    assert np.sum((action - TARGET) ** 2) < np.median(distances)
+
+
+def test_scorer_policy_gets_closer_with_more_samples():
+    rng = np.random.default_rng(3)
+    few = policies.ScorerPolicy(_distance_score, num_samples=2)
+    many = policies.ScorerPolicy(_distance_score, num_samples=512)
+    error_few = np.mean([np.sum((few(_observation(), rng) - TARGET) ** 2) for _ in range(50)])
+    error_many = np.mean([np.sum((many(_observation(), rng) - TARGET) ** 2) for _ in range(50)])
+    assert error_many < error_few / 4
+
+
+@pytest.mark.parametrize("shape", [(63,), (64, 1), ()])
+def test_scorer_policy_rejects_scores_of_the_wrong_shape(shape):
+    policy = policies.ScorerPolicy(lambda observation, actions: np.zeros(shape), num_samples=64)
+    with pytest.raises(ValueError, match=r"score_fn returned shape .*, expected \(64,\)"):
+        policy(_observation(), np.random.default_rng(0))
