@@ -108,7 +108,7 @@ def _cmd_bench(args) -> int:
     if args.stage == "collect":
         from neverstop.benchmarks import collect_bench
 
-        result = collect_bench.run(episodes=args.episodes or 300, seed=args.seed)
+        result = collect_bench.run(episodes=args.episodes or 600, seed=args.seed)
         for r in result["runs"]:
             print(
                 f"--workers {r['workers']}: {r['episodes']} episodes in {r['seconds']:.1f} s = "
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="env: grasp episodes/s of GraspEnv vs pybullet's KukaDiverseObjectEnv, "
         "random policy, 64x64, held-out objects (default 30 episodes each). "
         "collect: episodes/s of `collect --workers 2` over `--workers 1`, scripted policy "
-        "on base, same seeds (default 300 episodes each).",
+        "on base, same seeds (default 600 episodes each: Beam start-up, about 2-4 s, is fixed).",
     )
     p.add_argument("stage", choices=("env", "collect"))
     p.add_argument("--episodes", type=int, help="episodes per side")

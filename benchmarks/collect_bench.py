@@ -40,7 +40,7 @@ def _run(episodes: int, seed: int, workers: int, out: str) -> dict:
     }
 
 
-def run(episodes: int = 300, seed: int = 0) -> dict:
+def run(episodes: int = 600, seed: int = 0) -> dict:
     if episodes < 2:
         raise ValueError(f"episodes must be >= 2, got {episodes}")
     root = tempfile.mkdtemp(prefix="neverstop-bench-collect-")

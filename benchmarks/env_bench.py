@@ -105,7 +105,7 @@ def run_peer(episodes: int, seed: int, progress: Optional[Callable[[], None]] = 
         if progress:
             progress()
     elapsed = time.perf_counter() - start
-    env._p.disconnect(env.cid)
+    del env  # its __del__ disconnects; disconnecting here too makes it raise at exit
     return {
         "name": "pybullet_envs KukaDiverseObjectEnv",
         "episodes": episodes,
