@@ -13,6 +13,11 @@ from typing import List, Optional
 from neverstop import schema
 from neverstop.version import __version__
 
+# Spelled here, not imported, so that --help does not load pybullet; a test
+# checks it equals neverstop.envs.policies.POLICY_NAMES.
+POLICY_NAMES = ("scripted", "random")
+RENDERERS = ("tiny", "egl", "auto")
+
 EPILOG = """examples:
   neverstop quickstart
   neverstop render --task checkerboard --seed 3 --out checkerboard.png --scale 4
@@ -234,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--renderer",
             default="tiny",
-            choices=("tiny", "egl", "auto"),
+            choices=RENDERERS,
             help="tiny (default, deterministic, all tasks), egl (true "
             "transparency; no checkerboard texture), auto (egl if it loads)",
         )
@@ -279,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SEED..SEED+N-1, on held-out objects by default.",
     )
     env_flags(p)
-    p.add_argument("--policy", default="scripted", choices=("scripted", "random"))
+    p.add_argument("--policy", default="scripted", choices=POLICY_NAMES)
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="first episode seed (default: 0)")
     p.add_argument("--json", help="also write the result as JSON here")
@@ -299,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed 0 --out data/raw/base --workers 2",
     )
     env_flags(p, split_default="train")
-    p.add_argument("--policy", default="scripted", choices=("scripted", "random"))
+    p.add_argument("--policy", default="scripted", choices=POLICY_NAMES)
     p.add_argument("--episodes", type=int, required=True, help="how many episodes in total")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     p.add_argument("--out", required=True, help="output directory")
@@ -342,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=("env", "collect"))
     p.add_argument("--episodes", type=int, help="episodes per side")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--renderer", default="tiny", choices=("tiny", "egl", "auto"))
+    p.add_argument("--renderer", default="tiny", choices=RENDERERS)
     p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser("tasks", help="list the six tasks and what each changes")

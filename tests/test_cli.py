@@ -206,3 +206,10 @@ def test_export_bag_writes_one_bag_per_episode(collected):
         files = sorted(os.listdir(bags / name))
         assert "metadata.yaml" in files
         assert [f for f in files if f.endswith(".db3")], files
+
+
+def test_cli_choices_match_the_library():
+    from neverstop.envs import grasp_env, policies
+
+    assert set(cli.POLICY_NAMES) == set(policies.POLICY_NAMES)
+    assert set(cli.RENDERERS) == set(grasp_env.RENDERERS)
