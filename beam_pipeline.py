@@ -29,6 +29,11 @@ def pipeline_options(
         direct = options.view_as(po.DirectOptions)
         direct.direct_num_workers = workers
         direct.direct_running_mode = running_mode
+        harness = options.view_as(po.WorkerOptions)
+        if harness.default_sdk_harness_log_level is None:
+            # Local workers share the user's terminal: without this every
+            # worker warns that it has no semi_persistent_directory.
+            harness.default_sdk_harness_log_level = "ERROR"
     # Workers must import our code by module name: it has to be installed
     # (pip install -e .), which the Makefile does. Main-session pickling
     # would drag the CLI's globals along, so leave it off.

@@ -5,8 +5,10 @@ call directly) and prints. Library code logs; only this module prints.
 """
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -27,16 +29,39 @@ EPILOG = """examples:
 """
 
 
-def _progress_bar(total: int, desc: str):
+def _progress_bar(total: int, desc: str, stream=None):
     from tqdm import tqdm
 
+    stream = stream or sys.stderr
     return tqdm(
         total=total,
         desc=desc,
         unit="ep",
-        file=sys.stderr,
-        disable=not sys.stderr.isatty() and total < 50,
+        file=stream,
+        disable=not stream.isatty() and total < 50,
     )
+
+
+@contextlib.contextmanager
+def _worker_output_to(log_path: Optional[str]):
+    """Sends file descriptor 2, which local Beam worker processes inherit and
+    fill with their start-up logs, to `log_path` while a pipeline runs;
+    yields a stream on the real terminal for the progress bar. With no path
+    (`--verbose`) nothing is redirected."""
+    if log_path is None:
+        yield sys.stderr
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    with open(log_path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stderr.flush()
+            os.dup2(terminal.fileno(), 2)
+            terminal.close()
 
 
 def _cmd_render(args) -> int:
@@ -144,17 +169,19 @@ def _cmd_collect(args) -> int:
     )
     collect.validate_config(config)  # fail fast, before the bar and the workers
     beam_args = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
-    bar = _progress_bar(args.episodes, f"collect {args.task}/{args.policy}")
     counts = {"episodes": 0, "successes": 0}
+    log_path = None if args.verbose else os.path.join(args.out, "_logs", "collect.log")
+    with _worker_output_to(log_path) as terminal:
+        bar = _progress_bar(args.episodes, f"collect {args.task}/{args.policy}", terminal)
 
-    def tick(n: int, success: bool):
-        counts["episodes"] += n
-        counts["successes"] += int(success)
-        bar.update(n)
-        bar.set_postfix(success=f"{counts['successes'] / counts['episodes']:.0%}")
+        def tick(n: int, success: bool):
+            counts["episodes"] += n
+            counts["successes"] += int(success)
+            bar.update(n)
+            bar.set_postfix(success=f"{counts['successes'] / counts['episodes']:.0%}")
 
-    with bar:
-        summary = collect.collect(config, beam_args, progress=tick)
+        with bar:
+            summary = collect.collect(config, beam_args, progress=tick)
     print(
         f"{summary.out}: {summary.written} episodes written, {summary.already_present} already "
         f"there, {summary.successes} successes among the new ones; "
@@ -193,7 +220,9 @@ def _cmd_quickstart(args) -> int:
     config = quickstart.QuickstartConfig(
         data_dir=args.data_dir, episodes=args.episodes, workers=args.workers
     )
-    report = quickstart.run(config, progress=lambda msg: print(f"  {msg}", flush=True))
+    log_path = None if args.verbose else os.path.join(args.data_dir, "quickstart", "workers.log")
+    with _worker_output_to(log_path):
+        report = quickstart.run(config, progress=lambda msg: print(f"  {msg}", flush=True))
     print(f"quickstart done; report: {report}")
     return 0
 
@@ -370,6 +399,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # Beam relays its local workers' log lines as warnings; errors still show.
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
     try:
         return args.fn(args)
     except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
