@@ -221,7 +221,9 @@ def test_killed_collect_resumes_to_the_same_files(tmp_path):
 
     config = _config(out, episodes=episodes, seed=3, workers=2)
     expected = [collect.output_name(config, i) for i in range(episodes)]
-    assert _names(out) == sorted(expected)  # no temporaries, no _failures
+    # No temporaries, no _failures; the CLI keeps its worker log beside the episodes.
+    assert _names(out) == ["_logs"] + sorted(expected)
+    assert (out / "_logs" / "collect.log").stat().st_size > 0
     for name in expected:
         episode = rawlog.read_episode(str(out / name))
         assert episode.metadata[schema.SEED] == collect.episode_seed(3, expected.index(name))
