@@ -214,6 +214,72 @@ def _cmd_export_bag(args) -> int:
     return 0
 
 
+def _cmd_ingest(args) -> int:
+    from neverstop.pipelines import ingest
+
+    config = ingest.IngestConfig(
+        input=args.input,
+        dataset=args.dataset,
+        config=args.config,
+        data_dir=args.data_dir,
+        version=args.version,
+        source=args.source,
+        workers=args.workers,
+        episodes_per_shard=args.episodes_per_shard,
+    )
+    config.dataset_id  # validates name/config/version before any work
+    beam_args = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
+    log_path = None if args.verbose else os.path.join(args.data_dir, "_logs", "ingest.log")
+    print(f"ingesting {args.input} into {config.dataset_id} ...", flush=True)
+    with _worker_output_to(log_path):
+        summary = ingest.ingest(config, beam_args)
+    stats = summary.statistics
+    print(
+        f"published {summary.dataset} at {summary.path}: {stats.episodes} episodes, "
+        f"{stats.steps} steps, success {stats.success_rate:.1%}, {summary.num_shards} shards, "
+        f"{summary.seconds:.1f} s"
+    )
+    if summary.dead_letters:
+        reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted(summary.reasons.items()))
+        print(
+            f"{len(summary.dead_letters)} dead letters ({reasons}); see "
+            f"{summary.path}/dead_letter.jsonl"
+        )
+    return 0
+
+
+def _cmd_datasets(args) -> int:
+    from neverstop.datasets import catalog
+
+    cards = (
+        [catalog.show(args.data_dir, args.name)]
+        if args.action == "show"
+        else catalog.list_datasets(args.data_dir)
+    )
+    if not cards:
+        print(f"no datasets in {args.data_dir}")
+    for card in cards:
+        stats = card["statistics"]
+        splits = ", ".join(
+            f"{name}: {s['episodes']} episodes in {s['shards']} shards "
+            f"({s['bytes'] / 1e6:.1f} MB)"
+            for name, s in card["splits"].items()
+        )
+        print(
+            f"{card['id']}  [{splits}]  success {stats.get('success_rate', 0):.1%}  "
+            f"steps {stats.get('steps', 0)}  dead letters {card['dead_letters']}"
+        )
+        if args.action == "show":
+            print(f"  path: {card['path']}")
+            print(
+                f"  source: {card['source']}; policies: {stats.get('policies', {})}; "
+                f"tasks: {stats.get('tasks', {})}"
+            )
+            print(f"  release notes: {card['release_notes']}")
+            print("  " + card["description"].strip().replace("\n", "\n  "))
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from neverstop.workflows import quickstart
 
@@ -355,6 +421,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_collect, beam_args=[])
 
     p = sub.add_parser(
+        "ingest",
+        help="raw episode files -> a validated, published RLDS TFDS dataset",
+        description="Matches --input, validates every episode, converts the good ones to RLDS "
+        "and publishes name/config:version under --data-dir (atomically: a failed run leaves "
+        "the published version untouched). Bad files and episodes go to dead_letter.jsonl with "
+        "a reason. Runs on Beam's local FnApiRunner with --workers processes; --runner and any "
+        "further Beam options pass through. Robot bags (--source rosbag) are not ingested yet.",
+        epilog="example: neverstop ingest --input 'data/raw/base/*.nsep' --dataset grasps "
+        "--config base --data-dir data/tfds",
+    )
+    p.add_argument("--source", default="sim", choices=("sim",))
+    p.add_argument("--input", required=True, help="glob of raw episode files (quote it)")
+    p.add_argument("--dataset", required=True, help="dataset name, e.g. grasps")
+    p.add_argument("--config", required=True, help="config (the task), e.g. base")
+    p.add_argument("--data-dir", required=True, help="TFDS data dir to publish into")
+    p.add_argument("--version", default="1.0.0", help="X.Y.Z (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default: 2)")
+    p.add_argument("--episodes-per-shard", type=int, default=500)
+    p.add_argument("--runner", help="Beam runner (default: local FnApiRunner)")
+    p.set_defaults(fn=_cmd_ingest, beam_args=[])
+
+    p = sub.add_parser(
+        "datasets",
+        help="list the datasets in a data dir, or show one's card",
+        description="list: every published name/config:version with sizes and success rates; "
+        "show NAME[/CONFIG[:VERSION]]: the card (statistics, policies, release notes).",
+    )
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("name", nargs="?", help="for show: name/config or name/config:version")
+    p.add_argument("--data-dir", required=True)
+    p.set_defaults(fn=_cmd_datasets)
+
+    p = sub.add_parser(
         "export-bag",
         help="write existing raw episode files as ROS 2 bags",
         description="Converts every .nsep file in --input into a ROS 2 bag under --out "
@@ -385,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that hand unknown flags to Beam as pipeline options.
-BEAM_COMMANDS = ("collect",)
+BEAM_COMMANDS = ("collect", "ingest")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -402,6 +501,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.verbose:
         # Beam relays its local workers' log lines as warnings; errors still show.
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    if getattr(args, "action", None) == "show" and not args.name:
+        parser.error("datasets show needs a NAME (name/config or name/config:version)")
     try:
         return args.fn(args)
     except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:

@@ -216,3 +216,41 @@ def test_cli_choices_match_the_library():
 
     assert set(cli.POLICY_NAMES) == set(policies.POLICY_NAMES)
     assert set(cli.RENDERERS) == set(grasp_env.RENDERERS)
+
+
+def test_ingest_then_datasets_list_and_show(tmp_path):
+    from tests.pipelines.test_ingest import _episode, _write_raw
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(5):
+        _write_raw(raw, _episode(i))
+    (raw / "junk.nsep").write_bytes(b"junk")
+    data = tmp_path / "data"
+    completed = _neverstop(
+        "ingest",
+        "--input",
+        str(raw / "*.nsep"),
+        "--dataset",
+        "grasps",
+        "--config",
+        "base",
+        "--data-dir",
+        str(data),
+        "--workers",
+        "2",
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "published grasps/base:1.0.0" in completed.stdout
+    assert "5 episodes, 20 steps" in completed.stdout
+    assert "1 dead letters (unreadable: 1)" in completed.stdout
+    assert "semi_persistent_directory" not in completed.stderr  # worker chatter goes to a log
+    listed = _neverstop("datasets", "list", "--data-dir", str(data), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("grasps/base:1.0.0  [train: 5 episodes in 1 shards")
+    shown = _neverstop("datasets", "show", "grasps/base", "--data-dir", str(data), cwd=tmp_path)
+    assert "release notes: {'1.0.0': 'Initial ingestion.'}" in shown.stdout
+    missing = _neverstop("datasets", "show", "--data-dir", str(data), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "datasets show needs a NAME" in missing.stderr

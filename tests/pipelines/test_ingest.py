@@ -1,0 +1,231 @@
+"""Tests for neverstop/pipelines/ingest.py: raw episode files -> published RLDS dataset."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from neverstop import rawlog
+from neverstop import schema
+from neverstop.datasets import rlds_grasp
+from neverstop.pipelines import ingest
+
+
+def _episode(index: int, task: str = "base", steps: int = 4) -> rawlog.Episode:
+    rng = np.random.default_rng(index)
+    observations = [
+        {
+            schema.IMAGE: rng.integers(0, 256, schema.IMAGE_SHAPE, dtype=np.uint8),
+            schema.GRIPPER_CLOSED: np.float32(t == steps - 1),
+            schema.HEIGHT_TO_BOTTOM: np.float32(0.25 - 0.05 * t),
+        }
+        for t in range(steps)
+    ]
+    actions = [rng.uniform(-1, 1, schema.ACTION_DIM).astype(np.float32) for _ in range(steps - 1)]
+    success = index % 3 == 0
+    rewards = [0.0] * (steps - 2) + [float(success)]
+    metadata = {
+        schema.EPISODE_ID: f"sim-{task}-scripted-s0-{index:06d}",
+        schema.TASK: task,
+        schema.SOURCE: schema.SOURCE_SIM,
+        schema.ROBOT: schema.robot_id(task),
+        schema.POLICY: "scripted" if index % 2 else "random",
+        schema.SUCCESS: success,
+        schema.SEED: index,
+    }
+    return rawlog.from_rollout(observations, actions, rewards, metadata)
+
+
+def _write_raw(directory, episode, name=None) -> str:
+    """Writes bytes without validation, so tests can plant broken episodes."""
+    path = os.path.join(directory, name or rawlog.filename(episode.episode_id))
+    with open(path, "wb") as f:
+        f.write(rawlog.to_bytes(episode))
+    return path
+
+
+def _config(raw, data, **overrides) -> ingest.IngestConfig:
+    values = dict(
+        input=os.path.join(str(raw), "*.nsep"),
+        dataset="grasps",
+        config="base",
+        data_dir=str(data),
+        workers=1,
+        episodes_per_shard=5,
+    )
+    values.update(overrides)
+    return ingest.IngestConfig(**values)
+
+
+def _run(config) -> ingest.IngestSummary:
+    return ingest.ingest(config, running_mode="in_memory")
+
+
+def _digests(directory) -> dict:
+    return {
+        name: hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest()
+        for name in sorted(os.listdir(directory))
+    }
+
+
+@pytest.fixture
+def raw(tmp_path):
+    directory = tmp_path / "raw"
+    directory.mkdir()
+    for i in range(12):
+        _write_raw(directory, _episode(i))
+    return directory
+
+
+_LOAD_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow_datasets as tfds
+    from neverstop import rawlog, schema
+    data_dir, version_dir = sys.argv[1], sys.argv[2]
+    skip = {schema.STEPS: {schema.OBSERVATION: {schema.IMAGE: tfds.decode.SkipDecoding()}}}
+    builder = tfds.builder_from_directory(version_dir)
+    loaded = tfds.load("grasps/base:1.0.0", data_dir=data_dir, split="train", decoders=skip)
+    exact, steps = 0, 0
+    for example in tfds.as_numpy(loaded):
+        path = example[schema.EPISODE_METADATA][schema.FILE_PATH].decode()
+        episode = rawlog.read_episode(path)
+        images = [s[schema.OBSERVATION][schema.IMAGE] for s in example[schema.STEPS]]
+        actions = np.stack([s[schema.ACTION] for s in example[schema.STEPS]])
+        steps += len(images)
+        exact += int(images == episode.images and np.array_equal(actions, episode.steps[schema.ACTION]))
+    print("RESULT", json.dumps({"episodes": builder.info.splits["train"].num_examples,
+                                "exact": exact, "steps": steps,
+                                "shards": builder.info.splits["train"].num_shards}))
+    """)
+
+
+def test_dataset_loads_in_a_fresh_process_and_round_trips_exactly(raw, tmp_path):
+    summary = _run(_config(raw, tmp_path / "data"))
+    assert summary.statistics.episodes == 12
+    assert summary.statistics.steps == 12 * 4
+    assert summary.num_shards == 3
+    completed = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(tmp_path / "data"), summary.path],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = [l for l in completed.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT ") :])
+    assert result == {"episodes": 12, "exact": 12, "steps": 48, "shards": 3}
+
+
+def test_card_has_statistics_and_release_notes(raw, tmp_path):
+    summary = _run(_config(raw, tmp_path / "data"))
+    with open(os.path.join(summary.path, "metadata.json")) as f:
+        metadata = json.load(f)
+    stats = metadata["statistics"]
+    assert stats["episodes"] == 12
+    assert stats["successes"] == 4  # indices 0, 3, 6, 9
+    assert stats["policies"] == {"random": 6, "scripted": 6}
+    with open(os.path.join(summary.path, "dataset_info.json")) as f:
+        info = json.load(f)
+    assert info["releaseNotes"] == rlds_grasp.DEFAULT_RELEASE_NOTES
+    assert "Never Stop Learning" in info["citation"]
+    assert info["configName"] == "base"
+
+
+def test_planted_faults_land_in_the_dead_letter_and_good_episodes_land(raw, tmp_path):
+    broken = tmp_path / "raw"
+    truncated = _write_raw(broken, _episode(100))
+    data = open(truncated, "rb").read()
+    open(truncated, "wb").write(data[: len(data) - 200])
+    nan = _episode(101)
+    nan.steps[schema.ACTION][1, 2] = np.nan
+    _write_raw(broken, nan)
+    small = _episode(102)
+    small.images[2] = rawlog.encode_png(np.zeros((32, 32, 3), np.uint8))
+    _write_raw(broken, small)
+    no_last = _episode(103)
+    no_last.steps[schema.IS_LAST][-1] = False
+    _write_raw(broken, no_last)
+    shutil.copy(
+        os.path.join(broken, rawlog.filename(_episode(5).episode_id)),
+        os.path.join(broken, "zz-copy-of-5.nsep"),
+    )
+    _write_raw(broken, _episode(104, task="checkerboard"))
+    (broken / "junk.nsep").write_bytes(b"not an episode at all")
+
+    summary = _run(_config(broken, tmp_path / "data"))
+    assert summary.statistics.episodes == 12  # exactly the good ones
+    by_file = {os.path.basename(r["file"]): r for r in summary.dead_letters}
+    assert len(summary.dead_letters) == 7
+    expected = {
+        rawlog.filename(_episode(100).episode_id): ("invalid", "checksum mismatch"),
+        rawlog.filename(_episode(101).episode_id): ("invalid", "step 1: action is not finite"),
+        rawlog.filename(_episode(102).episode_id): ("invalid", "image is 32x32, expected 64x64"),
+        rawlog.filename(_episode(103).episode_id): ("invalid", "is_last"),
+        "zz-copy-of-5.nsep": ("duplicate", "already read from"),
+        rawlog.filename(_episode(104, "checkerboard").episode_id): (
+            "invalid",
+            "task 'checkerboard'",
+        ),
+        "junk.nsep": ("unreadable", "not a neverstop episode file"),
+    }
+    for name, (kind, reason) in expected.items():
+        assert by_file[name]["reason_kind"] == kind, name
+        assert reason in by_file[name]["reason"], (name, by_file[name]["reason"])
+    with open(os.path.join(summary.path, rlds_grasp.DEAD_LETTER_FILE)) as f:
+        lines = [json.loads(line) for line in f]
+    assert sorted(os.path.basename(r["file"]) for r in lines) == sorted(expected)
+    assert summary.reasons == {"invalid": 5, "duplicate": 1, "unreadable": 1}
+
+
+def test_same_inputs_give_the_same_bytes(raw, tmp_path):
+    first = _digests(_run(_config(raw, tmp_path / "a")).path)
+    second = _digests(_run(_config(raw, tmp_path / "b")).path)
+    shards = [name for name in first if ".tfrecord-" in name]
+    assert len(shards) == 3
+    assert {n: first[n] for n in shards} == {n: second[n] for n in shards}
+    assert first[rlds_grasp.DEAD_LETTER_FILE] == second[rlds_grasp.DEAD_LETTER_FILE]
+
+
+def test_a_failed_run_leaves_the_published_version_untouched(raw, tmp_path, monkeypatch):
+    config = _config(raw, tmp_path / "data")
+    published = _run(config).path
+    before = _digests(published)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("worker died")
+
+    monkeypatch.setattr(ingest, "convert_shard", boom)
+    with pytest.raises(Exception, match="worker died"):
+        _run(config)
+    assert _digests(published) == before
+    leftovers = [n for n in os.listdir(os.path.dirname(published)) if n != "1.0.0"]
+    assert leftovers == []
+
+
+def test_no_valid_episode_is_an_error_and_publishes_nothing(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "junk.nsep").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="no valid episodes"):
+        _run(_config(raw, tmp_path / "data"))
+    assert not os.path.exists(tmp_path / "data" / "grasps" / "base" / "1.0.0")
+
+
+def test_no_matching_input_names_the_glob(tmp_path):
+    with pytest.raises(ValueError, match=r"no input files match .*nothing-here"):
+        _run(_config(tmp_path / "nothing-here", tmp_path / "data"))
+
+
+def test_bad_dataset_names_are_refused(raw, tmp_path):
+    with pytest.raises(ValueError, match="dataset name 'Bad-Name'"):
+        _run(_config(raw, tmp_path / "data", dataset="Bad-Name"))
+    with pytest.raises(ValueError, match="dataset version '1.0'"):
+        _run(_config(raw, tmp_path / "data", version="1.0"))
