@@ -249,6 +249,26 @@ def _read_reports(directory: str, num_shards: int):
     return shard_lengths, num_bytes, stats, dead
 
 
+def recover(final: str) -> None:
+    """Cleans up after a killed run of the same version (one ingest per
+    version at a time): restores a published copy a kill caught between
+    publish's two renames, and removes stale staging directories."""
+    parent, version = os.path.dirname(final), os.path.basename(final)
+    if not os.path.isdir(parent):
+        return
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if name.startswith(f".old-{version}-"):
+            if not os.path.exists(final):
+                os.replace(path, final)
+                logging.warning("restored %s from an interrupted publish", final)
+            else:
+                shutil.rmtree(path)
+        elif name.startswith(f".incomplete-{version}-"):
+            shutil.rmtree(path)
+            logging.info("removed %s left by a killed run", path)
+
+
 def publish(staging: str, final: str) -> None:
     """Moves a complete dataset version into place (replacing an older copy)."""
     if os.path.exists(final):
@@ -279,6 +299,7 @@ def ingest(
     final = dataset.version_dir(config.data_dir)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
+    recover(final)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".incomplete-{dataset.version}-")
     try:
         os.makedirs(os.path.join(staging, SHARD_STATS_DIR))

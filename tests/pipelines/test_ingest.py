@@ -229,3 +229,83 @@ def test_bad_dataset_names_are_refused(raw, tmp_path):
         _run(_config(raw, tmp_path / "data", dataset="Bad-Name"))
     with pytest.raises(ValueError, match="dataset version '1.0'"):
         _run(_config(raw, tmp_path / "data", version="1.0"))
+
+
+NEVERSTOP = os.path.join(os.path.dirname(sys.executable), "neverstop")
+
+
+def test_sigkill_midway_leaves_the_published_version_loadable_and_untouched(tmp_path):
+    import signal
+    import time
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(6):
+        _write_raw(raw, _episode(i))
+    data = tmp_path / "data"
+    published = _run(_config(raw, data)).path
+    before = _digests(published)
+    for i in range(6, 400):  # a bigger second run, so it can be caught midway
+        _write_raw(raw, _episode(i))
+    command = [
+        NEVERSTOP,
+        "ingest",
+        "--input",
+        str(raw / "*.nsep"),
+        "--dataset",
+        "grasps",
+        "--config",
+        "base",
+        "--data-dir",
+        str(data),
+        "--workers",
+        "2",
+        "--episodes-per-shard",
+        "20",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    parent = os.path.dirname(published)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and process.poll() is None:
+            staging = [n for n in os.listdir(parent) if n.startswith(".incomplete-")]
+            shards = staging and [
+                n for n in os.listdir(os.path.join(parent, staging[0])) if ".tfrecord-" in n
+            ]
+            if shards:  # workers are writing
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "ingest ended before it could be killed"
+    assert _digests(published) == before  # the published version did not move
+    completed = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(data), published],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert '"episodes": 6' in completed.stdout
+    # The next run cleans up after the killed one and publishes all 400.
+    summary = _run(_config(raw, data))
+    assert summary.statistics.episodes == 400
+    assert sorted(os.listdir(parent)) == ["1.0.0"]
+
+
+def test_recover_restores_a_version_caught_between_publish_renames(tmp_path):
+    parent = tmp_path / "grasps" / "base"
+    (parent / ".old-1.0.0-abc").mkdir(parents=True)
+    (parent / ".old-1.0.0-abc" / "dataset_info.json").write_text("{}")
+    (parent / ".incomplete-1.0.0-xyz").mkdir()
+    ingest.recover(str(parent / "1.0.0"))
+    assert sorted(os.listdir(parent)) == ["1.0.0"]
+    assert (parent / "1.0.0" / "dataset_info.json").read_text() == "{}"
