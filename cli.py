@@ -226,6 +226,7 @@ def _cmd_ingest(args) -> int:
         source=args.source,
         workers=args.workers,
         episodes_per_shard=args.episodes_per_shard,
+        topic_map=args.topic_map,
     )
     config.dataset_id  # validates name/config/version before any work
     beam_args = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
@@ -427,11 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
         "and publishes name/config:version under --data-dir (atomically: a failed run leaves "
         "the published version untouched). Bad files and episodes go to dead_letter.jsonl with "
         "a reason. Runs on Beam's local FnApiRunner with --workers processes; --runner and any "
-        "further Beam options pass through. Robot bags (--source rosbag) are not ingested yet.",
+        "further Beam options pass through. --source rosbag reads ROS 2 bags through a YAML "
+        "topic map (docs/pipelines.md).",
         epilog="example: neverstop ingest --input 'data/raw/base/*.nsep' --dataset grasps "
         "--config base --data-dir data/tfds",
     )
-    p.add_argument("--source", default="sim", choices=("sim",))
+    p.add_argument(
+        "--source",
+        default="sim",
+        choices=("sim", "rosbag"),
+        help="sim: .nsep episode files; rosbag: ROS 2 bag directories",
+    )
+    p.add_argument(
+        "--topic-map",
+        help="rosbag source: YAML topic map (default: the map of "
+        "neverstop's own exported bags, pipelines/topic_maps/neverstop_sim.yaml)",
+    )
     p.add_argument("--input", required=True, help="glob of raw episode files (quote it)")
     p.add_argument("--dataset", required=True, help="dataset name, e.g. grasps")
     p.add_argument("--config", required=True, help="config (the task), e.g. base")

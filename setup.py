@@ -55,7 +55,7 @@ setuptools.setup(
     python_requires=">=3.10,<3.12",
     package_dir={"neverstop": "."},
     packages=_packages(),
-    package_data={"neverstop": ["envs/assets/*", "*.yaml"]},
+    package_data={"neverstop": ["envs/assets/*", "*.yaml", "pipelines/topic_maps/*.yaml"]},
     cmdclass={"build_py": _BuildPy},
     install_requires=[
         # dm-reverb 0.14.0 (the last release, needed by `import rlds`) is

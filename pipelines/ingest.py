@@ -1,4 +1,4 @@
-"""Ingestion: raw sim episode files -> a validated, published RLDS TFDS dataset.
+"""Ingestion: raw sim episode files or robot bags -> a published RLDS TFDS dataset.
 
     driver:  match files (sorted) -> read headers -> drop duplicates/unreadable
              (dead letter) -> contiguous chunks, one per shard
@@ -36,7 +36,7 @@ from neverstop import rawlog
 from neverstop import schema
 from neverstop.datasets import rlds_grasp
 
-SOURCES = ("sim",)
+SOURCES = ("sim", "rosbag")
 SHARD_STATS_DIR = ".shards"
 DEAD_DIR = ".dead"
 
@@ -45,7 +45,7 @@ DEAD_DIR = ".dead"
 class IngestConfig:
     """What to ingest and where to publish it."""
 
-    input: str  # a glob of raw files, e.g. "data/raw/base/*.nsep"
+    input: str  # a glob of raw files or bags, e.g. "data/raw/base/*.nsep"
     dataset: str  # name, e.g. "grasps"
     config: str  # the task, e.g. "base"
     data_dir: str
@@ -53,6 +53,7 @@ class IngestConfig:
     source: str = "sim"
     workers: int = 2
     episodes_per_shard: int = 500
+    topic_map: Optional[str] = None  # rosbag source: YAML path (default: our exporter's map)
 
     @property
     def dataset_id(self) -> rlds_grasp.DatasetId:
@@ -122,80 +123,130 @@ def check_episode(episode: rawlog.Episode, config: IngestConfig) -> None:
         )
 
 
-def plan(config: IngestConfig) -> Tuple[List[List[str]], List[dict]]:
-    """Driver side: the sorted files split into shard chunks, and early dead letters.
+def _topic_map(config: IngestConfig):
+    from neverstop.pipelines import bag_reader
 
-    Reads only headers: unreadable ones and duplicate episode ids (the
-    first file in sorted order wins) become dead letters here.
+    return bag_reader.TopicMap.load(config.topic_map or bag_reader.DEFAULT_TOPIC_MAP)
+
+
+def _episode_ids(path: str, config: IngestConfig, topic_map) -> List[str]:
+    if config.source == "rosbag":
+        from neverstop.pipelines import bag_reader
+
+        return bag_reader.episode_ids(path, topic_map)
+    return [rawlog.read_header(path)["metadata"][schema.EPISODE_ID]]
+
+
+def plan(config: IngestConfig) -> Tuple[List[List[Tuple[str, Tuple[int, ...]]]], List[dict]]:
+    """Driver side: the sorted inputs split into shard chunks, and early dead letters.
+
+    Reads only episode ids (file headers, or bag start markers): unreadable
+    inputs and duplicate episode ids (the first in sorted order wins) become
+    dead letters here. A chunk item is (path, positions within it to skip).
     """
-    files = sorted(
-        f for f in glob.glob(config.input) if not os.path.basename(f).startswith(rawlog.TEMP_PREFIX)
+    if config.source not in SOURCES:
+        raise ValueError(f"unknown source {config.source!r}; expected one of {SOURCES}")
+    topic_map = _topic_map(config) if config.source == "rosbag" else None
+    paths = sorted(
+        p
+        for p in glob.glob(config.input)
+        if not os.path.basename(p.rstrip("/")).startswith(rawlog.TEMP_PREFIX)
     )
-    if not files:
+    if not paths:
         raise ValueError(f"no input files match {config.input!r}")
     good, dead, seen = [], [], {}
-    for path in files:
+    for path in paths:
         try:
-            episode_id = rawlog.read_header(path)["metadata"][schema.EPISODE_ID]
+            ids = _episode_ids(path, config, topic_map)
         except (rawlog.RawLogError, OSError, KeyError) as e:
             dead.append(_dead_letter(path, 0, "unreadable", str(e)))
             continue
-        if episode_id in seen:
-            dead.append(
-                _dead_letter(
-                    path,
-                    0,
-                    "duplicate",
-                    f"episode id {episode_id} already read from {seen[episode_id]}",
-                    episode_id,
+        skip = []
+        for position, episode_id in enumerate(ids):
+            if episode_id in seen:
+                skip.append(position)
+                dead.append(
+                    _dead_letter(
+                        path,
+                        position,
+                        "duplicate",
+                        f"episode id {episode_id} already read from " f"{seen[episode_id]}",
+                        episode_id,
+                    )
                 )
-            )
-            continue
-        seen[episode_id] = path
-        good.append(path)
+            else:
+                seen[episode_id] = path
+        if len(skip) < len(ids):
+            good.append((path, tuple(skip)))
     size = max(1, config.episodes_per_shard)
     chunks = [good[i : i + size] for i in range(0, len(good), size)] or [[]]
     return chunks, dead
 
 
+def _read_input(path: str, config: IngestConfig, topic_map):
+    """(position, episode or error) for every episode of one input."""
+    if config.source == "rosbag":
+        from neverstop.pipelines import bag_reader
+
+        return bag_reader.read_episodes(path, topic_map)
+    try:
+        return [(0, rawlog.read_episode(path))]
+    except rawlog.RawLogError as e:
+        return [(0, e)]
+
+
 def convert_shard(
-    shard: int, files: Sequence[str], num_shards: int, config: IngestConfig, directory: str
+    shard: int,
+    items: Sequence[Tuple[str, Sequence[int]]],
+    num_shards: int,
+    config: IngestConfig,
+    directory: str,
 ) -> Tuple[rlds_grasp.Statistics, int, List[dict]]:
-    """Writes one shard from `files`; returns its statistics, size and dead letters."""
+    """Writes one shard from `items`; returns its statistics, size and dead letters."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
     features = schema.episode_features("png")
     serializer = tfds.core.example_serializer.ExampleSerializer(features.get_serialized_info())
+    topic_map = _topic_map(config) if config.source == "rosbag" else None
     stats, dead = rlds_grasp.Statistics(), []
     path = os.path.join(directory, rlds_grasp.shard_name(config.dataset_id, shard, num_shards))
     with tf.io.TFRecordWriter(path) as writer:
-        for file_path in files:
+        for input_path, skip in items:
             try:
-                episode = rawlog.read_episode(file_path)
-                check_episode(episode, config)
-                if episode.image_encoding != "png":
-                    raise rawlog.RawLogError(
-                        f"{file_path}: images are {episode.image_encoding}; "
-                        "this dataset stores png"
-                    )
-                record = serializer.serialize_example(
-                    features.encode_example(to_rlds_example(episode))
-                )
-            except (rawlog.RawLogError, ValueError) as e:
-                dead.append(_dead_letter(file_path, 0, "invalid", str(e)))
+                episodes = list(_read_input(input_path, config, topic_map))
+            except rawlog.RawLogError as e:  # the whole input is unreadable
+                dead.append(_dead_letter(input_path, 0, "unreadable", str(e)))
                 continue
-            writer.write(record)
-            meta = episode.metadata
-            stats.add(
-                rlds_grasp.Statistics(
-                    1,
-                    episode.num_steps,
-                    int(bool(meta[schema.SUCCESS])),
-                    {str(meta[schema.POLICY]): 1},
-                    {str(meta[schema.TASK]): 1},
+            for position, episode in episodes:
+                if position in skip:
+                    continue
+                try:
+                    if isinstance(episode, Exception):
+                        raise episode
+                    check_episode(episode, config)
+                    if episode.image_encoding != "png":
+                        raise rawlog.RawLogError(
+                            f"{input_path}: images are {episode.image_encoding}; this dataset "
+                            "stores png"
+                        )
+                    record = serializer.serialize_example(
+                        features.encode_example(to_rlds_example(episode))
+                    )
+                except (rawlog.RawLogError, ValueError) as e:
+                    dead.append(_dead_letter(input_path, position, "invalid", str(e)))
+                    continue
+                writer.write(record)
+                meta = episode.metadata
+                stats.add(
+                    rlds_grasp.Statistics(
+                        1,
+                        episode.num_steps,
+                        int(bool(meta[schema.SUCCESS])),
+                        {str(meta[schema.POLICY]): 1},
+                        {str(meta[schema.TASK]): 1},
+                    )
                 )
-            )
     return stats, os.path.getsize(path), dead
 
 
@@ -291,8 +342,6 @@ def ingest(
 
     from neverstop import beam_pipeline
 
-    if config.source not in SOURCES:
-        raise ValueError(f"unknown source {config.source!r}; expected one of {SOURCES}")
     dataset = config.dataset_id
     start = time.perf_counter()
     chunks, early_dead = plan(config)
