@@ -87,7 +87,8 @@ setuptools.setup(
         "rosbags>=0.11,<0.12",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout"],
+        # gcp-storage-emulator: the gs:// publishing tests run against it, never a real bucket.
+        "test": ["pytest>=7", "pytest-timeout", "gcp-storage-emulator"],
         # gym 0.21 does not build with current setuptools and 0.26.2 does;
         # the benchmark loads pybullet_envs' env module directly, bypassing
         # pybullet_envs/__init__.py.

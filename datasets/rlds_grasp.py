@@ -84,6 +84,8 @@ class DatasetId:
         return f"{self.name}/{self.config}:{self.version}"
 
     def version_dir(self, data_dir: str) -> str:
+        if data_dir.startswith("gs://"):
+            return "/".join([data_dir.rstrip("/"), self.name, self.config, self.version])
         return os.path.join(data_dir, self.name, self.config, self.version)
 
 

@@ -346,10 +346,14 @@ def ingest(
     start = time.perf_counter()
     chunks, early_dead = plan(config)
     final = dataset.version_dir(config.data_dir)
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    recover(final)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".incomplete-{dataset.version}-")
+    remote = final.startswith("gs://")
+    if remote:  # build locally, upload with the card last (pipelines/remote.py)
+        staging = tempfile.mkdtemp(prefix=f"neverstop-ingest-{dataset.version}-")
+    else:
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        recover(final)
+        staging = tempfile.mkdtemp(dir=parent, prefix=f".incomplete-{dataset.version}-")
     try:
         os.makedirs(os.path.join(staging, SHARD_STATS_DIR))
         num_shards = len(chunks)
@@ -381,7 +385,12 @@ def ingest(
             stats,
             extra_metadata={"source": config.source, "dead_letters": len(dead)},
         )
-        publish(staging, final)
+        if remote:
+            from neverstop.pipelines import remote as remote_lib
+
+            remote_lib.publish(staging, final)
+        else:
+            publish(staging, final)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)
