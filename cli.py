@@ -148,6 +148,26 @@ def _cmd_bench(args) -> int:
         print(f"identical files across worker counts: {result['identical']}")
         print(f"RESULT collect_scaling {result['ratio']:.2f}")
         return 0
+    if args.stage == "ingest":
+        from neverstop.benchmarks import ingest_bench
+
+        result = ingest_bench.run(
+            episodes=args.episodes or 4000,
+            progress=lambda msg: print(f"  running {msg}", flush=True),
+        )
+        for n, sides in sorted(result["results"].items()):
+            for side, label in (
+                ("ours", f"neverstop ingest (Beam, {result['workers']} workers)"),
+                ("peer", "plain TFDS GeneratorBasedBuilder"),
+            ):
+                r = sides[side]
+                print(
+                    f"{n} episodes, {label}: {r['seconds']:.1f} s = {r['episodes_per_s']:.0f} "
+                    f"episodes/s, peak RSS {r['peak_rss_mb']:.0f} MB"
+                )
+        print(f"peak RSS of ours, largest over smallest run: {result['rss_growth']:.2f}")
+        print(f"RESULT ingest_speed_ratio {result['ratio']:.2f}")
+        return 0
     raise ValueError(f"unknown bench stage {args.stage!r}")
 
 
@@ -482,9 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="env: grasp episodes/s of GraspEnv vs pybullet's KukaDiverseObjectEnv, "
         "random policy, 64x64, held-out objects (default 30 episodes each). "
         "collect: episodes/s of `collect --workers 2` over `--workers 1`, scripted policy "
-        "on base, same seeds (default 600 episodes each: Beam start-up, about 2-4 s, is fixed).",
+        "on base, same seeds (default 600 episodes each: Beam start-up, about 2-4 s, is fixed). "
+        "ingest: our pipeline vs a plain TFDS GeneratorBasedBuilder on the same raw files, "
+        "episodes/s and peak RSS at 1000 and --episodes (default 4000).",
     )
-    p.add_argument("stage", choices=("env", "collect"))
+    p.add_argument("stage", choices=("env", "collect", "ingest"))
     p.add_argument("--episodes", type=int, help="episodes per side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renderer", default="tiny", choices=RENDERERS)

@@ -254,3 +254,10 @@ def test_ingest_then_datasets_list_and_show(tmp_path):
     missing = _neverstop("datasets", "show", "--data-dir", str(data), cwd=tmp_path)
     assert missing.returncode == 2
     assert "datasets show needs a NAME" in missing.stderr
+
+
+def test_bench_ingest_refuses_inconsistent_sizes():
+    from neverstop.benchmarks import ingest_bench
+
+    with pytest.raises(ValueError, match="need 0 < small"):
+        ingest_bench.run(episodes=10, small=20)
