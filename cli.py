@@ -171,6 +171,11 @@ def _cmd_bench(args) -> int:
     raise ValueError(f"unknown bench stage {args.stage!r}")
 
 
+def _beam_args(args) -> List[str]:
+    """--runner plus every flag the parser did not know: Beam's pipeline options."""
+    return (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
+
+
 def _cmd_collect(args) -> int:
     from neverstop.envs import collect
 
@@ -188,7 +193,7 @@ def _cmd_collect(args) -> int:
         format=args.format,
     )
     collect.validate_config(config)  # fail fast, before the bar and the workers
-    beam_args = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
+    beam_args = _beam_args(args)
     counts = {"episodes": 0, "successes": 0}
     log_path = None if args.verbose else os.path.join(args.out, "_logs", "collect.log")
     with _worker_output_to(log_path) as terminal:
@@ -249,7 +254,7 @@ def _cmd_ingest(args) -> int:
         topic_map=args.topic_map,
     )
     config.dataset_id  # validates name/config/version before any work
-    beam_args = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
+    beam_args = _beam_args(args)
     log_path = None if args.verbose else os.path.join(args.data_dir, "_logs", "ingest.log")
     print(f"ingesting {args.input} into {config.dataset_id} ...", flush=True)
     with _worker_output_to(log_path):
