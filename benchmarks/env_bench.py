@@ -16,7 +16,7 @@ import numpy as np
 
 from neverstop import schema
 from neverstop.envs import grasp_env as grasp_env_lib
-from neverstop.envs import policies
+from neverstop.envs import rollout
 
 
 def load_peer_env_class():
@@ -55,24 +55,22 @@ def load_peer_env_class():
 def run_ours(
     episodes: int, seed: int, renderer: str = "tiny", progress: Optional[Callable[[], None]] = None
 ) -> dict:
-    config = grasp_env_lib.EnvConfig(object_split="eval", renderer=renderer)
-    with grasp_env_lib.GraspEnv("base", config) as env:
-        policy = policies.RandomPolicy()
-        successes = 0
-        start = time.perf_counter()
-        for i in range(episodes):
-            *_, info = policies.run_episode(env, policy, seed + i)
-            successes += int(info["success"])
-            if progress:
-                progress()
-        elapsed = time.perf_counter() - start
-        used = env.renderer
+    config = grasp_env_lib.EnvConfig(renderer=renderer)
+    result = rollout.rollout(
+        "base",
+        "random",
+        episodes,
+        seed=seed,
+        object_split="eval",
+        config=config,
+        progress=progress and (lambda _: progress()),
+    )
     return {
-        "name": f"neverstop GraspEnv ({used})",
+        "name": f"neverstop GraspEnv ({result.renderer})",
         "episodes": episodes,
-        "seconds": elapsed,
-        "grasps_per_s": episodes / elapsed,
-        "success_rate": successes / episodes,
+        "seconds": result.seconds,
+        "grasps_per_s": result.episodes_per_s,
+        "success_rate": result.success_rate,
     }
 
 

@@ -127,18 +127,20 @@ def output_name(config: CollectConfig, index: int) -> str:
     return rawlog.filename(eid) if config.format == "nsep" else eid + ".bag"
 
 
-def read_output_metadata(config: CollectConfig, path: str) -> dict:
+def read_output_metadata(config: CollectConfig, path: str, verify: bool = False) -> dict:
     """The episode metadata of a finished output (.nsep file or bag).
 
     Raises ValueError (RawLogError for .nsep) if the output is unreadable.
-    An .nsep file is read whole, so a file damaged after its header counts
-    as unreadable too.
+    With `verify` an .nsep file is read whole, so a file damaged after its
+    header counts as unreadable too; otherwise only its header is read.
     """
     if config.format == "rosbag":
         from neverstop.envs import rosbag_export
 
         return rosbag_export.read_metadata(path)
-    return rawlog.read_episode(path).metadata
+    if verify:
+        return rawlog.read_episode(path).metadata
+    return rawlog.read_header(path)["metadata"]
 
 
 def missing_indices(config: CollectConfig) -> List[int]:
@@ -155,7 +157,7 @@ def missing_indices(config: CollectConfig) -> List[int]:
             missing.append(index)
             continue
         try:
-            read_output_metadata(config, path)
+            read_output_metadata(config, path, verify=True)
         except ValueError as e:
             quarantine = os.path.join(config.out, CORRUPT_DIR)
             os.makedirs(quarantine, exist_ok=True)
@@ -342,7 +344,6 @@ class _Watcher(threading.Thread):
             callback,
             interval,
         )
-        self.successes = 0
         self.stop = threading.Event()
 
     def poll(self):
@@ -361,7 +362,6 @@ class _Watcher(threading.Thread):
                     success = bool(metadata[schema.SUCCESS])
                 except (ValueError, OSError, KeyError):
                     success = False  # counted, and checked properly at the end
-                self.successes += int(success)
                 self.callback(1, success)
 
     def run(self):

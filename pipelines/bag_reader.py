@@ -23,7 +23,7 @@ bags are not read yet.
 import dataclasses
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -91,8 +91,13 @@ class TopicMap:
         )
 
 
-def _read_streams(path: str, topic_map: TopicMap) -> Dict[str, List[Tuple[int, object]]]:
-    """All mapped messages of a bag, per topic, in time order."""
+def _read_streams(
+    path: str, topic_map: TopicMap, topics: Optional[Sequence[str]] = None
+) -> Dict[str, List[Tuple[int, object]]]:
+    """The messages of `topics` (default: every mapped topic), per topic, in time order.
+
+    Every mapped topic must be in the bag either way.
+    """
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
@@ -101,7 +106,7 @@ def _read_streams(path: str, topic_map: TopicMap) -> Dict[str, List[Tuple[int, o
             f"{path}: not a ROS 2 bag directory (ROS 1 bags are not " "read yet)"
         )
     typestore = get_typestore(Stores.ROS2_HUMBLE)
-    streams: Dict[str, List[Tuple[int, object]]] = {t: [] for t in topic_map.topics}
+    streams: Dict[str, List[Tuple[int, object]]] = {t: [] for t in topics or topic_map.topics}
     try:
         with Reader(path) as reader:
             present = {c.topic for c in reader.connections}
@@ -125,7 +130,7 @@ def _read_streams(path: str, topic_map: TopicMap) -> Dict[str, List[Tuple[int, o
     return streams
 
 
-def _spans(path: str, streams, topic_map: TopicMap) -> List[Tuple[int, int, dict]]:
+def _spans(streams, topic_map: TopicMap) -> List[Tuple[int, Optional[int], dict]]:
     starts, ends = streams[topic_map.episode_start], streams[topic_map.episode_end]
     spans = []
     for start, message in starts:
@@ -255,7 +260,7 @@ def read_episodes(
     yielded as its error so that the good ones of the same bag still land.
     """
     streams = _read_streams(path, topic_map)
-    for position, span in enumerate(_spans(path, streams, topic_map)):
+    for position, span in enumerate(_spans(streams, topic_map)):
         try:
             yield position, _episode(path, position, span, streams, topic_map)
         except (rawlog.RawLogError, ValueError, IndexError) as e:
@@ -267,10 +272,14 @@ def read_episodes(
 
 
 def episode_ids(path: str, topic_map: TopicMap) -> List[str]:
-    """The ids of a bag's episodes, from its start markers (for deduplication)."""
-    ids = []
-    for position, (_, _, info) in enumerate(
-        _spans(path, _read_streams(path, topic_map), topic_map)
-    ):
-        ids.append(info.get(schema.EPISODE_ID, f"{os.path.basename(path.rstrip('/'))}-{position}"))
-    return ids
+    """The ids of a bag's episodes, from its start markers (for deduplication).
+
+    Reads only the start and end markers, not the camera stream.
+    """
+    markers = (topic_map.episode_start, topic_map.episode_end)
+    spans = _spans(_read_streams(path, topic_map, markers), topic_map)
+    base = os.path.basename(path.rstrip("/"))
+    return [
+        info.get(schema.EPISODE_ID, f"{base}-{position}")
+        for position, (_, _, info) in enumerate(spans)
+    ]

@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from neverstop import rawlog
 from neverstop import schema

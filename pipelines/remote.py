@@ -13,7 +13,6 @@ and works on real GCS.
 """
 
 import os
-from typing import Optional
 
 INFO_FILE = "dataset_info.json"
 
