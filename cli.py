@@ -116,13 +116,18 @@ def _cmd_rollout(args) -> int:
     return 0
 
 
+# Episodes per side when --episodes is not given: each stage's own scale.
+BENCH_EPISODES = {"env": 30, "collect": 600, "ingest": 4000}
+
+
 def _cmd_bench(args) -> int:
+    episodes = args.episodes or BENCH_EPISODES[args.stage]
     if args.stage == "env":
         from neverstop.benchmarks import env_bench
 
-        with _progress_bar(2 * args.episodes, "bench env") as bar:
+        with _progress_bar(2 * episodes, "bench env") as bar:
             result = env_bench.run(
-                args.episodes,
+                episodes,
                 seed=args.seed,
                 renderer=args.renderer,
                 progress=lambda: bar.update(1),
@@ -138,7 +143,7 @@ def _cmd_bench(args) -> int:
     if args.stage == "collect":
         from neverstop.benchmarks import collect_bench
 
-        result = collect_bench.run(episodes=args.episodes or 600, seed=args.seed)
+        result = collect_bench.run(episodes=episodes, seed=args.seed)
         for r in result["runs"]:
             print(
                 f"--workers {r['workers']}: {r['episodes']} episodes in {r['seconds']:.1f} s = "
@@ -152,7 +157,7 @@ def _cmd_bench(args) -> int:
         from neverstop.benchmarks import ingest_bench
 
         result = ingest_bench.run(
-            episodes=args.episodes or 4000,
+            episodes=episodes,
             progress=lambda msg: print(f"  running {msg}", flush=True),
         )
         for n, sides in sorted(result["results"].items()):

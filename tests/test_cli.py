@@ -261,3 +261,40 @@ def test_bench_ingest_refuses_inconsistent_sizes():
 
     with pytest.raises(ValueError, match="need 0 < small"):
         ingest_bench.run(episodes=10, small=20)
+
+
+@pytest.mark.parametrize("stage, expected", [("env", 30), ("collect", 600), ("ingest", 4000)])
+def test_bench_without_episodes_uses_the_stage_default(monkeypatch, stage, expected):
+    import importlib
+
+    module = importlib.import_module(f"neverstop.benchmarks.{stage}_bench")
+    seen = {}
+
+    def fake_run(episodes=None, *args, **kwargs):
+        seen["episodes"] = kwargs.get("episodes", episodes)
+        side = {
+            "name": "x",
+            "episodes": 1,
+            "seconds": 1.0,
+            "grasps_per_s": 1.0,
+            "success_rate": 0.0,
+            "episodes_per_s": 1.0,
+            "steady_per_s": 1.0,
+            "startup_s": 0.0,
+            "workers": 1,
+            "peak_rss_mb": 1.0,
+        }
+        return {
+            "ours": side,
+            "peer": side,
+            "runs": [side, side],
+            "identical": True,
+            "results": {1: {"ours": side, "peer": side}},
+            "workers": 2,
+            "ratio": 1.0,
+            "rss_growth": 1.0,
+        }
+
+    monkeypatch.setattr(module, "run", fake_run)
+    assert cli.main(["bench", stage]) == 0
+    assert seen["episodes"] == expected
