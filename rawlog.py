@@ -63,6 +63,11 @@ class RawLogError(ValueError):
     """A raw episode file is unreadable or breaks the schema; names the file."""
 
 
+class UnreadableError(RawLogError):
+    """Not even the file's identity can be read: not an episode file, a
+    foreign format or schema version, a header that does not parse."""
+
+
 @dataclasses.dataclass
 class Episode:
     """One episode in memory: per-step arrays, encoded images, metadata.
@@ -275,16 +280,16 @@ def read_header(path: str) -> dict:
 
 def _check_preamble(path: str, preamble: bytes):
     if len(preamble) < _PREAMBLE.size:
-        raise RawLogError(
-            f"{path}: truncated file ({len(preamble)} bytes); expected a " "neverstop episode"
+        raise UnreadableError(
+            f"{path}: truncated file ({len(preamble)} bytes); expected a neverstop episode"
         )
     magic, version, length = _PREAMBLE.unpack(preamble)
     if magic != MAGIC:
-        raise RawLogError(
-            f"{path}: not a neverstop episode file (magic {magic!r}, " f"expected {MAGIC!r})"
+        raise UnreadableError(
+            f"{path}: not a neverstop episode file (magic {magic!r}, expected {MAGIC!r})"
         )
     if version != FORMAT_VERSION:
-        raise RawLogError(
+        raise UnreadableError(
             f"{path}: episode format version {version}; this neverstop "
             f"reads version {FORMAT_VERSION}"
         )
@@ -295,9 +300,9 @@ def _parse_header(path: str, raw: bytes) -> dict:
     try:
         header = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RawLogError(f"{path}: unreadable header: {e}") from None
+        raise UnreadableError(f"{path}: unreadable header: {e}") from None
     if header.get("schema_version") != schema.SCHEMA_VERSION:
-        raise RawLogError(
+        raise UnreadableError(
             f"{path}: schema version {header.get('schema_version')}, expected "
             f"{schema.SCHEMA_VERSION}"
         )
@@ -347,7 +352,7 @@ def read_episode(path: str) -> Episode:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise RawLogError(f"{path}: cannot read: {e.strerror}") from None
+        raise UnreadableError(f"{path}: cannot read: {e.strerror}") from None
     return from_bytes(data, path)
 
 

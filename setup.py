@@ -78,6 +78,9 @@ setuptools.setup(
         # gs:// publishing and reading; unlike TF's own gs:// filesystem it
         # honours a local emulator endpoint.
         "gcsfs",
+        # CRC-32C in C for TFRecord framing: ingestion workers write shards
+        # without importing TensorFlow (datasets/tfrecord.py).
+        "google-crc32c",
         "protobuf<5",
         "pyyaml",
         "tqdm",

@@ -113,6 +113,14 @@ class Statistics:
                 mine[key] = mine.get(key, 0) + count
         return self
 
+    def add_episode(self, steps: int, success: bool, policy: str, task: str) -> "Statistics":
+        self.episodes += 1
+        self.steps += steps
+        self.successes += int(bool(success))
+        self.policies[policy] = self.policies.get(policy, 0) + 1
+        self.tasks[task] = self.tasks.get(task, 0) + 1
+        return self
+
     @property
     def success_rate(self) -> float:
         return self.successes / self.episodes if self.episodes else 0.0

@@ -91,22 +91,15 @@ class TopicMap:
         )
 
 
-def _read_streams(
-    path: str, topic_map: TopicMap, topics: Optional[Sequence[str]] = None
-) -> Dict[str, List[Tuple[int, object]]]:
-    """The messages of `topics` (default: every mapped topic), per topic, in time order.
-
-    Every mapped topic must be in the bag either way.
-    """
+def _read_streams(path: str, topic_map: TopicMap) -> Dict[str, List[Tuple[int, object]]]:
+    """The messages of every mapped topic, per topic, in time order."""
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
     if not os.path.isdir(path):
-        raise rawlog.RawLogError(
-            f"{path}: not a ROS 2 bag directory (ROS 1 bags are not " "read yet)"
-        )
+        raise rawlog.RawLogError(f"{path}: not a ROS 2 bag directory (ROS 1 bags are not read yet)")
     typestore = get_typestore(Stores.ROS2_HUMBLE)
-    streams: Dict[str, List[Tuple[int, object]]] = {t: [] for t in topics or topic_map.topics}
+    streams: Dict[str, List[Tuple[int, object]]] = {t: [] for t in topic_map.topics}
     try:
         with Reader(path) as reader:
             present = {c.topic for c in reader.connections}
@@ -269,17 +262,3 @@ def read_episodes(
                 if isinstance(e, rawlog.RawLogError)
                 else rawlog.RawLogError(f"episode {position} of {path}: {e}")
             )
-
-
-def episode_ids(path: str, topic_map: TopicMap) -> List[str]:
-    """The ids of a bag's episodes, from its start markers (for deduplication).
-
-    Reads only the start and end markers, not the camera stream.
-    """
-    markers = (topic_map.episode_start, topic_map.episode_end)
-    spans = _spans(_read_streams(path, topic_map, markers), topic_map)
-    base = os.path.basename(path.rstrip("/"))
-    return [
-        info.get(schema.EPISODE_ID, f"{base}-{position}")
-        for position, (_, _, info) in enumerate(spans)
-    ]

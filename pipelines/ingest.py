@@ -1,17 +1,19 @@
 """Ingestion: raw sim episode files or robot bags -> a published RLDS TFDS dataset.
 
-    driver:  match files (sorted) -> read headers -> drop duplicates/unreadable
-             (dead letter) -> contiguous chunks, one per shard
-    Beam:    Chunks -> Reshuffle -> ConvertShard --(shard stats)--> DIR/.shards/
-                                                \\--dead_letter--> DIR/.dead/
-    driver:  dead_letter.jsonl, dataset_info.json, then publish (rename)
+    driver:  match files (sorted) -> contiguous chunks of files, one per shard
+    Beam:    Chunks -> Reshuffle -> ConvertShard: read, validate, serialize,
+             write the shard; report its episodes and dead letters
+             (DIR/.shards/NNNNN.json)
+    driver:  drop duplicate ids (first valid one in sorted order wins),
+             dead_letter.jsonl, dataset_info.json, then publish (rename)
 
 Each worker parses, validates and converts one chunk of files and writes
-that chunk's TFRecord shard itself. There is no shuffle through the runner:
-measured here, TFDS's own Beam writer costs 1.2 ms an episode through its
-global shuffle against 0.5 ms of real work. A shard is a pure function of
-its chunk, so the same inputs give the same bytes; images pass through as
-the raw files stored them, never decoded.
+that chunk's TFRecord shard itself, without TensorFlow
+(datasets/tfrecord.py). There is no shuffle through the runner: measured
+here, TFDS's own Beam writer costs 1.2 ms an episode through its global
+shuffle against 0.3 ms of real work. A shard is a pure function of its
+chunk, so the same inputs give the same bytes; images pass through as the
+raw files stored them, never decoded.
 
 Nothing is dropped silently: a file or episode that fails to parse or
 validate becomes one line of `dead_letter.jsonl` (file, position, episode
@@ -30,11 +32,12 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from neverstop import rawlog
 from neverstop import schema
 from neverstop.datasets import rlds_grasp
+from neverstop.datasets import tfrecord
 
 SOURCES = ("sim", "rosbag")
 SHARD_STATS_DIR = ".shards"
@@ -113,6 +116,36 @@ def to_rlds_example(episode: rawlog.Episode) -> dict:
     }
 
 
+_STEP_FLOAT_KEYS = (
+    (schema.OBSERVATION, schema.GRIPPER_CLOSED),
+    (schema.OBSERVATION, schema.HEIGHT_TO_BOTTOM),
+    (schema.ACTION,),
+    (schema.REWARD,),
+    (schema.DISCOUNT,),
+)
+_STEP_FLAG_KEYS = (schema.IS_FIRST, schema.IS_LAST, schema.IS_TERMINAL)
+_METADATA_INT64_KEYS = (schema.SUCCESS, schema.SEED)
+
+
+def serialize_episode(episode: rawlog.Episode) -> bytes:
+    """The serialized tf.train.Example of one episode, as TFDS would write
+    `to_rlds_example(episode)` with `schema.episode_features`, without
+    TensorFlow or TFDS (tests check that the two parse equal)."""
+    steps, meta = episode.steps, episode.metadata
+    flat = {f"{schema.STEPS}/{schema.OBSERVATION}/{schema.IMAGE}": (tfrecord.BYTES, episode.images)}
+    for path in _STEP_FLOAT_KEYS:
+        flat["/".join((schema.STEPS,) + path)] = (tfrecord.FLOAT, steps[path[-1]])
+    for flag in _STEP_FLAG_KEYS:
+        flat[f"{schema.STEPS}/{flag}"] = (tfrecord.INT64, steps[flag])
+    for key in schema.METADATA_KEYS:
+        if key in _METADATA_INT64_KEYS:
+            flat[f"{schema.EPISODE_METADATA}/{key}"] = (tfrecord.INT64, [int(meta[key])])
+        else:
+            value = str(meta[key]).encode("utf-8")
+            flat[f"{schema.EPISODE_METADATA}/{key}"] = (tfrecord.BYTES, [value])
+    return tfrecord.encode_example(flat)
+
+
 def check_episode(episode: rawlog.Episode, config: IngestConfig) -> None:
     """Checks beyond the raw format: the episode belongs in this dataset."""
     task = episode.metadata[schema.TASK]
@@ -129,24 +162,14 @@ def _topic_map(config: IngestConfig):
     return bag_reader.TopicMap.load(config.topic_map or bag_reader.DEFAULT_TOPIC_MAP)
 
 
-def _episode_ids(path: str, config: IngestConfig, topic_map) -> List[str]:
-    if config.source == "rosbag":
-        from neverstop.pipelines import bag_reader
+def plan(config: IngestConfig) -> List[List[str]]:
+    """Driver side: the sorted inputs, split into one chunk of files per shard.
 
-        return bag_reader.episode_ids(path, topic_map)
-    return [rawlog.read_header(path)["metadata"][schema.EPISODE_ID]]
-
-
-def plan(config: IngestConfig) -> Tuple[List[List[Tuple[str, Tuple[int, ...]]]], List[dict]]:
-    """Driver side: the sorted inputs split into shard chunks, and early dead letters.
-
-    Reads only episode ids (file headers, or bag start markers): unreadable
-    inputs and duplicate episode ids (the first in sorted order wins) become
-    dead letters here. A chunk item is (path, positions within it to skip).
+    Only lists files: reading them (ids included) is the workers' job, so
+    the driver's work does not grow with the corpus before the workers start.
     """
     if config.source not in SOURCES:
         raise ValueError(f"unknown source {config.source!r}; expected one of {SOURCES}")
-    topic_map = _topic_map(config) if config.source == "rosbag" else None
     paths = sorted(
         p
         for p in glob.glob(config.input)
@@ -154,73 +177,53 @@ def plan(config: IngestConfig) -> Tuple[List[List[Tuple[str, Tuple[int, ...]]]],
     )
     if not paths:
         raise ValueError(f"no input files match {config.input!r}")
-    good, dead, seen = [], [], {}
-    for path in paths:
-        try:
-            ids = _episode_ids(path, config, topic_map)
-        except (rawlog.RawLogError, OSError, KeyError) as e:
-            dead.append(_dead_letter(path, 0, "unreadable", str(e)))
-            continue
-        skip = []
-        for position, episode_id in enumerate(ids):
-            if episode_id in seen:
-                skip.append(position)
-                dead.append(
-                    _dead_letter(
-                        path,
-                        position,
-                        "duplicate",
-                        f"episode id {episode_id} already read from " f"{seen[episode_id]}",
-                        episode_id,
-                    )
-                )
-            else:
-                seen[episode_id] = path
-        if len(skip) < len(ids):
-            good.append((path, tuple(skip)))
     size = max(1, config.episodes_per_shard)
-    chunks = [good[i : i + size] for i in range(0, len(good), size)] or [[]]
-    return chunks, dead
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
 
 
 def _read_input(path: str, config: IngestConfig, topic_map):
-    """(position, episode or error) for every episode of one input."""
+    """(position, episode or its error) for every episode of one input.
+
+    Raises:
+        rawlog.UnreadableError: the input cannot be read at all.
+    """
     if config.source == "rosbag":
         from neverstop.pipelines import bag_reader
 
-        return bag_reader.read_episodes(path, topic_map)
+        try:
+            return list(bag_reader.read_episodes(path, topic_map))
+        except (rawlog.RawLogError, OSError, KeyError) as e:
+            raise rawlog.UnreadableError(str(e)) from None
     try:
         return [(0, rawlog.read_episode(path))]
+    except rawlog.UnreadableError:
+        raise
     except rawlog.RawLogError as e:
         return [(0, e)]
 
 
 def convert_shard(
-    shard: int,
-    items: Sequence[Tuple[str, Sequence[int]]],
-    num_shards: int,
-    config: IngestConfig,
-    directory: str,
-) -> Tuple[rlds_grasp.Statistics, int, List[dict]]:
-    """Writes one shard from `items`; returns its statistics, size and dead letters."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    shard: int, paths: Sequence[str], num_shards: int, config: IngestConfig, directory: str
+) -> dict:
+    """Writes one shard from the episodes of `paths`; returns its report.
 
-    features = schema.episode_features("png")
-    serializer = tfds.core.example_serializer.ExampleSerializer(features.get_serialized_info())
+    Runs in a Beam worker and never imports TensorFlow (datasets/tfrecord.py).
+    The report lists the shard's episodes in record order as
+    [episode_id, file, position, steps, success, policy, task], and the
+    dead letters of its inputs; duplicates are resolved by the driver, which
+    sees every shard (`_collect`).
+    """
     topic_map = _topic_map(config) if config.source == "rosbag" else None
-    stats, dead = rlds_grasp.Statistics(), []
+    episodes, dead = [], []
     path = os.path.join(directory, rlds_grasp.shard_name(config.dataset_id, shard, num_shards))
-    with tf.io.TFRecordWriter(path) as writer:
-        for input_path, skip in items:
+    with open(path, "wb") as writer:
+        for input_path in paths:
             try:
-                episodes = list(_read_input(input_path, config, topic_map))
-            except rawlog.RawLogError as e:  # the whole input is unreadable
+                read = _read_input(input_path, config, topic_map)
+            except rawlog.UnreadableError as e:
                 dead.append(_dead_letter(input_path, 0, "unreadable", str(e)))
                 continue
-            for position, episode in episodes:
-                if position in skip:
-                    continue
+            for position, episode in read:
                 try:
                     if isinstance(episode, Exception):
                         raise episode
@@ -230,24 +233,24 @@ def convert_shard(
                             f"{input_path}: images are {episode.image_encoding}; this dataset "
                             "stores png"
                         )
-                    record = serializer.serialize_example(
-                        features.encode_example(to_rlds_example(episode))
-                    )
+                    record = serialize_episode(episode)
                 except (rawlog.RawLogError, ValueError) as e:
                     dead.append(_dead_letter(input_path, position, "invalid", str(e)))
                     continue
-                writer.write(record)
+                writer.write(tfrecord.frame(record))
                 meta = episode.metadata
-                stats.add(
-                    rlds_grasp.Statistics(
-                        1,
+                episodes.append(
+                    [
+                        episode.episode_id,
+                        input_path,
+                        position,
                         episode.num_steps,
-                        int(bool(meta[schema.SUCCESS])),
-                        {str(meta[schema.POLICY]): 1},
-                        {str(meta[schema.TASK]): 1},
-                    )
+                        bool(meta[schema.SUCCESS]),
+                        str(meta[schema.POLICY]),
+                        str(meta[schema.TASK]),
+                    ]
                 )
-    return stats, os.path.getsize(path), dead
+    return {"shard": shard, "episodes": episodes, "dead_letters": dead}
 
 
 def _convert_fn():
@@ -263,18 +266,10 @@ def _convert_fn():
             self.rejected = beam.metrics.Metrics.counter("ingest", "dead_letters")
 
         def process(self, element):
-            shard, files = element
-            stats, num_bytes, dead = convert_shard(
-                shard, files, self.num_shards, self.config, self.directory
-            )
-            self.episodes.inc(stats.episodes)
-            self.rejected.inc(len(dead))
-            report = {
-                "shard": shard,
-                "num_bytes": num_bytes,
-                "statistics": stats.as_dict(),
-                "dead_letters": dead,
-            }
+            shard, paths = element
+            report = convert_shard(shard, paths, self.num_shards, self.config, self.directory)
+            self.episodes.inc(len(report["episodes"]))
+            self.rejected.inc(len(report["dead_letters"]))
             report_path = os.path.join(self.directory, SHARD_STATS_DIR, f"{shard:05d}.json")
             with open(report_path + ".tmp", "w") as f:
                 json.dump(report, f)
@@ -284,19 +279,51 @@ def _convert_fn():
     return ConvertShard
 
 
-def _read_reports(directory: str, num_shards: int):
-    shard_lengths, num_bytes, stats, dead = [], 0, rlds_grasp.Statistics(), []
+def _drop_records(path: str, indices: Sequence[int]) -> None:
+    """Rewrites a TFRecord shard without the records at `indices`."""
+    drop = set(indices)
+    with open(path, "rb") as f, open(path + ".tmp", "wb") as out:
+        tfrecord.write_records(
+            out, (r for i, r in enumerate(tfrecord.read_records(f)) if i not in drop)
+        )
+    os.replace(path + ".tmp", path)
+
+
+def _collect(directory: str, dataset: rlds_grasp.DatasetId, num_shards: int):
+    """Reads the shard reports in shard (= sorted input) order and drops
+    duplicate episode ids: the first valid episode with an id wins, a later
+    one becomes a dead letter and its record is removed from its shard.
+
+    Returns (shard lengths, total bytes, statistics, dead letters).
+    """
+    shard_lengths, num_bytes, stats, dead, seen = [], 0, rlds_grasp.Statistics(), [], {}
     for shard in range(num_shards):
         with open(os.path.join(directory, SHARD_STATS_DIR, f"{shard:05d}.json")) as f:
             report = json.load(f)
-        s = report["statistics"]
-        shard_stats = rlds_grasp.Statistics(
-            s["episodes"], s["steps"], s["successes"], s["policies"], s["tasks"]
-        )
-        shard_lengths.append(shard_stats.episodes)
-        num_bytes += report["num_bytes"]
-        stats.add(shard_stats)
         dead.extend(report["dead_letters"])
+        drop = []
+        for index, (episode_id, path, position, steps, success, policy, task) in enumerate(
+            report["episodes"]
+        ):
+            if episode_id in seen:
+                drop.append(index)
+                dead.append(
+                    _dead_letter(
+                        path,
+                        position,
+                        "duplicate",
+                        f"episode id {episode_id} already read from {seen[episode_id]}",
+                        episode_id,
+                    )
+                )
+                continue
+            seen[episode_id] = path
+            stats.add_episode(steps, success, policy, task)
+        shard_path = os.path.join(directory, rlds_grasp.shard_name(dataset, shard, num_shards))
+        if drop:
+            _drop_records(shard_path, drop)
+        shard_lengths.append(len(report["episodes"]) - len(drop))
+        num_bytes += os.path.getsize(shard_path)
     return shard_lengths, num_bytes, stats, dead
 
 
@@ -344,7 +371,7 @@ def ingest(
 
     dataset = config.dataset_id
     start = time.perf_counter()
-    chunks, early_dead = plan(config)
+    chunks = plan(config)
     final = dataset.version_dir(config.data_dir)
     remote = final.startswith("gs://")
     if remote:  # build locally, upload with the card last (pipelines/remote.py)
@@ -365,9 +392,8 @@ def ingest(
                 | "Reshuffle" >> beam.Reshuffle()
                 | "ConvertShard" >> beam.ParDo(_convert_fn()(config, staging, num_shards))
             )
-        shard_lengths, num_bytes, stats, late_dead = _read_reports(staging, num_shards)
+        shard_lengths, num_bytes, stats, dead = _collect(staging, dataset, num_shards)
         shutil.rmtree(os.path.join(staging, SHARD_STATS_DIR))
-        dead = early_dead + late_dead
         dead.sort(key=lambda r: (r["file"], r["position"]))
         with open(os.path.join(staging, rlds_grasp.DEAD_LETTER_FILE), "w") as f:
             for record in dead:

@@ -124,6 +124,26 @@ def test_dataset_loads_in_a_fresh_process_and_round_trips_exactly(raw, tmp_path)
     assert result == {"episodes": 12, "exact": 12, "steps": 48, "shards": 3}
 
 
+def test_converting_a_shard_never_imports_tensorflow(raw, tmp_path):
+    """The workers' fixed cost: TensorFlow's import is ~2.8 s a process."""
+    script = textwrap.dedent("""
+        import sys
+        from neverstop.pipelines import ingest
+        config = ingest.IngestConfig(input=sys.argv[1], dataset="grasps", config="base",
+                                     data_dir=sys.argv[2])
+        (chunk,) = ingest.plan(config)
+        report = ingest.convert_shard(0, chunk, 1, config, sys.argv[2])
+        print(len(report["episodes"]), len(report["dead_letters"]), "tensorflow" in sys.modules)
+        """)
+    out = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(str(raw), "*.nsep"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.split() == ["12", "0", "False"]
+
+
 def test_card_has_statistics_and_release_notes(raw, tmp_path):
     summary = _run(_config(raw, tmp_path / "data"))
     with open(os.path.join(summary.path, "metadata.json")) as f:
@@ -183,6 +203,51 @@ def test_planted_faults_land_in_the_dead_letter_and_good_episodes_land(raw, tmp_
         lines = [json.loads(line) for line in f]
     assert sorted(os.path.basename(r["file"]) for r in lines) == sorted(expected)
     assert summary.reasons == {"invalid": 5, "duplicate": 1, "unreadable": 1}
+
+
+def test_duplicates_within_and_across_shards_keep_the_first_valid_episode(tmp_path):
+    import tensorflow_datasets as tfds
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(8):
+        _write_raw(raw, _episode(i))
+    # Names sort after the original's: "...000001b" lands in shard 0 with
+    # it (within a shard), "zz-" in the last shard (across shards).
+    original = os.path.join(raw, rawlog.filename(_episode(1).episode_id))
+    shutil.copy(original, raw / "sim-base-scripted-s0-000001b-copy.nsep")
+    shutil.copy(original, raw / "zz-copy.nsep")
+    # An invalid episode does not claim its id: the later valid copy lands.
+    broken = _episode(20)
+    broken.steps[schema.REWARD][0] = np.nan
+    _write_raw(raw, broken, "aa-broken.nsep")
+    _write_raw(raw, _episode(20), "zz-valid-20.nsep")
+
+    summary = _run(_config(raw, tmp_path / "data", episodes_per_shard=4))
+    assert summary.num_shards == 3
+    assert summary.statistics.episodes == 9
+    assert summary.reasons == {"duplicate": 2, "invalid": 1}
+    duplicates = sorted(
+        os.path.basename(r["file"]) for r in summary.dead_letters if r["reason_kind"] == "duplicate"
+    )
+    assert duplicates == ["sim-base-scripted-s0-000001b-copy.nsep", "zz-copy.nsep"]
+    for record in summary.dead_letters:
+        if record["reason_kind"] == "duplicate":
+            assert record["episode_id"] == _episode(1).episode_id
+            assert record["reason"].endswith(f"already read from {original}")
+    builder = tfds.builder_from_directory(summary.path)
+    assert builder.info.splits["train"].shard_lengths == [2, 4, 3]
+    loaded = [
+        (
+            e[schema.EPISODE_METADATA][schema.EPISODE_ID].decode(),
+            e[schema.EPISODE_METADATA][schema.FILE_PATH].decode(),
+        )
+        for e in tfds.as_numpy(builder.as_dataset(split="train"))
+    ]
+    ids = [episode_id for episode_id, _ in loaded]
+    assert sorted(ids) == sorted(_episode(i).episode_id for i in (*range(8), 20))
+    assert dict(loaded)[_episode(1).episode_id] == original
+    assert dict(loaded)[_episode(20).episode_id].endswith("zz-valid-20.nsep")
 
 
 def test_same_inputs_give_the_same_bytes(raw, tmp_path):
