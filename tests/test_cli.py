@@ -256,14 +256,7 @@ def test_ingest_then_datasets_list_and_show(tmp_path):
     assert "datasets show needs a NAME" in missing.stderr
 
 
-def test_bench_ingest_refuses_inconsistent_sizes():
-    from neverstop.benchmarks import ingest_bench
-
-    with pytest.raises(ValueError, match="need 0 < small"):
-        ingest_bench.run(episodes=10, small=20)
-
-
-@pytest.mark.parametrize("stage, expected", [("env", 30), ("collect", 600), ("ingest", 4000)])
+@pytest.mark.parametrize("stage, expected", [("env", 30), ("collect", 600), ("ingest", 20000)])
 def test_bench_without_episodes_uses_the_stage_default(monkeypatch, stage, expected):
     import importlib
 
@@ -293,6 +286,8 @@ def test_bench_without_episodes_uses_the_stage_default(monkeypatch, stage, expec
             "workers": 2,
             "ratio": 1.0,
             "rss_growth": 1.0,
+            "rss_sizes": (1, 1),
+            "episodes": 1,
         }
 
     monkeypatch.setattr(module, "run", fake_run)
