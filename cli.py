@@ -117,7 +117,7 @@ def _cmd_rollout(args) -> int:
 
 
 # Episodes per side when --episodes is not given: each stage's own scale.
-BENCH_EPISODES = {"env": 30, "collect": 600, "ingest": 20000}
+BENCH_EPISODES = {"env": 30, "collect": 600, "ingest": 20000, "mix": 2000}
 
 
 def _cmd_bench(args) -> int:
@@ -174,6 +174,26 @@ def _cmd_bench(args) -> int:
         print(f"peak RSS of ours, {large} over {small} episodes: {result['rss_growth']:.2f}")
         print(f"speed ratio taken at {result['episodes']} episodes")
         print(f"RESULT ingest_speed_ratio {result['ratio']:.2f}")
+        return 0
+    if args.stage == "mix":
+        from neverstop.benchmarks import mix_bench
+
+        target = max(25, episodes // 10)
+        print(f"  building datasets: {episodes} base and {target} target episodes", flush=True)
+        result = mix_bench.run_generated(episodes, target)
+        print(f"mixture: {', '.join(f'{n} ({e} episodes)' for n, e in result['sources'])}, 50/50")
+        print(f"our table of both sources built in {result['table_seconds']:.2f} s")
+        for side, label in (
+            ("ours", "neverstop stream, no augmentation"),
+            ("ours_augmented", "neverstop stream, augmented (shift + jitter)"),
+            ("peer", "naive: tfds.load, decode whole episodes, sample_from_datasets"),
+        ):
+            r = result[side]
+            print(
+                f"{label}: {r['transitions_per_s']:.0f} transitions/s "
+                f"({result['batches']} batches of {result['batch_size']} in {r['seconds']:.2f} s)"
+            )
+        print(f"RESULT mix_speed_ratio {result['ratio']:.2f}")
         return 0
     raise ValueError(f"unknown bench stage {args.stage!r}")
 
@@ -278,6 +298,45 @@ def _cmd_ingest(args) -> int:
             f"{len(summary.dead_letters)} dead letters ({reasons}); see "
             f"{summary.path}/dead_letter.jsonl"
         )
+    return 0
+
+
+def _stream_config(args):
+    from neverstop.datasets import stream
+
+    return stream.StreamConfig(
+        batch_size=args.batch_size, seed=args.seed, augment=not args.no_augment
+    )
+
+
+def _cmd_mix(args) -> int:
+    from neverstop.datasets import mixture as mixture_lib
+    from neverstop.datasets import stream
+
+    mixture = mixture_lib.Mixture.load(args.mixture)
+    report = stream.inspect(mixture, args.data_dir, args.png, _stream_config(args))
+    print(f"mixture: {mixture}")
+    for s in report["sources"]:
+        print(
+            f"  {s['name']}: {s['episodes']} episodes, {s['transitions']} transitions, "
+            f"weight {s['weight']:g} -> share {s['share']:.1%} "
+            f"(sampled {s['sampled_share']:.1%} of {report['sampled']})  [{s['path']}]"
+        )
+    print("a batch:")
+    flat = []
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key in value:
+                walk(f"{prefix}/{key}" if prefix else key, value[key])
+        else:
+            flat.append((prefix, value))
+
+    walk("", report["batch_shapes"])
+    for key, (shape, dtype) in flat:
+        print(f"  {key}: {dtype}{list(shape)}")
+    if report["png"]:
+        print(f"wrote {report['png']} (a row of sampled images per source, as trained on)")
     return 0
 
 
@@ -498,6 +557,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_datasets)
 
     p = sub.add_parser(
+        "mix",
+        help="inspect a mixture: sources, sizes, weights, a batch, sampled images",
+        description="inspect MIXTURE: checks the mixture against --data-dir (datasets exist, "
+        "slices fit, specs match), prints each source's episodes and transitions, its weight "
+        "and sampled share, a batch's shapes, and writes a PNG grid of sampled images per "
+        "source. MIXTURE is a YAML file or 'dataset:split:weight,...', e.g. "
+        "'base:train:0.5,checkerboard:train[:800]:0.5' (a bare name is grasps/<name> at its "
+        "newest version).",
+    )
+    p.add_argument("action", choices=("inspect",))
+    p.add_argument("mixture", help="YAML file or dataset:split:weight[,...]")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--png", default="mix_inspect.png", help="where to write the image grid")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="show images without augmentation")
+    p.set_defaults(fn=_cmd_mix)
+
+    p = sub.add_parser(
         "export-bag",
         help="write existing raw episode files as ROS 2 bags",
         description="Converts every .nsep file in --input into a ROS 2 bag under --out "
@@ -517,9 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on base, same seeds (default 600 episodes each: Beam start-up, about 2-4 s, is fixed). "
         "ingest: our pipeline vs a plain TFDS GeneratorBasedBuilder on the same raw files, "
         "episodes/s and peak RSS at 1000, 4000 and --episodes (default 20000; the ratio is "
-        "taken there: both sides pay a fixed start-up of a few seconds).",
+        "taken there: both sides pay a fixed start-up of a few seconds). "
+        "mix: transitions/s of our stream (no augmentation, like the peer; augmented printed "
+        "beside) vs tfds.load + whole-episode decoding + sample_from_datasets, 50/50 of "
+        "--episodes base (default 2000) and a tenth as many target episodes.",
     )
-    p.add_argument("stage", choices=("env", "collect", "ingest"))
+    p.add_argument("stage", choices=("env", "collect", "ingest", "mix"))
     p.add_argument("--episodes", type=int, help="episodes per side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renderer", default="tiny", choices=RENDERERS)

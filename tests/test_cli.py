@@ -293,3 +293,28 @@ def test_bench_without_episodes_uses_the_stage_default(monkeypatch, stage, expec
     monkeypatch.setattr(module, "run", fake_run)
     assert cli.main(["bench", stage]) == 0
     assert seen["episodes"] == expected
+
+
+def test_bench_mix_defaults_and_prints_the_result_last(monkeypatch, capsys):
+    from neverstop.benchmarks import mix_bench
+
+    seen = {}
+
+    def fake_run_generated(base, target):
+        seen.update(base=base, target=target)
+        side = {"transitions_per_s": 10.0, "seconds": 1.0}
+        return {
+            "ours": side,
+            "ours_augmented": side,
+            "peer": dict(side, transitions_per_s=4.0),
+            "batches": 1,
+            "batch_size": 64,
+            "table_seconds": 0.1,
+            "sources": [("a", 1), ("b", 1)],
+            "ratio": 2.5,
+        }
+
+    monkeypatch.setattr(mix_bench, "run_generated", fake_run_generated)
+    assert cli.main(["bench", "mix"]) == 0
+    assert seen == {"base": 2000, "target": 200}
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "RESULT mix_speed_ratio 2.50"
