@@ -172,10 +172,7 @@ def inspect(
                 "name": r.name,
                 "path": r.path,
                 "episodes": r.episodes,
-                "transitions": int(
-                    len(table.episode_starts[i])
-                    and table.episode_starts[i][-1] - table.episode_starts[i][0]
-                ),
+                "transitions": int(table.episode_starts[i][-1] - table.episode_starts[i][0]),
                 "weight": r.source.weight,
                 "share": mixture.weights[i],
                 "sampled_share": counts[i] / sampled if sampled else 0.0,

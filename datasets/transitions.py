@@ -88,11 +88,6 @@ class Table:
     episode_ids: tf.Tensor
     episode_starts: List[np.ndarray]
 
-    @property
-    def num_transitions(self) -> int:
-        return int(self.state.shape[0])
-
-
 def build_table(sources: Sequence[tf.data.Dataset], batch: int = 1024) -> Table:
     """Parses each source's serialized episodes (a dataset of records) once."""
     parts, episode_starts = [], []

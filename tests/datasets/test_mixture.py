@@ -84,6 +84,7 @@ def test_yaml_mixtures_and_chains_load(tmp_path):
     )
     m = mixture_lib.Mixture.load(str(path))
     assert m.weights == pytest.approx((0.9, 0.1))
+    assert mixture_lib.Mixture.from_dict(m.as_dict()) == m  # what a run's lineage records
     chain_path = tmp_path / "chain.yaml"
     chain_path.write_text(
         "chain:\n"
