@@ -96,13 +96,16 @@ def run(
 
     resolved = mixture.resolve(data_dir)
     start = time.perf_counter()
-    stream.load_table(resolved)
+    table = stream.load_table(resolved)
     table_seconds = time.perf_counter() - start
     results = {}
     for name, augment in (("ours", False), ("ours_augmented", True)):
         config = stream.StreamConfig(batch_size=batch_size, seed=seed, augment=augment)
         results[name] = _rate(
-            stream.make_stream(mixture, data_dir, config, resolved), batches, warmup, batch_size
+            stream.make_stream(mixture, data_dir, config, resolved, table),
+            batches,
+            warmup,
+            batch_size,
         )
     results["peer"] = _rate(
         naive_stream(resolved, mixture.weights, batch_size, seed), batches, warmup, batch_size

@@ -88,15 +88,17 @@ def make_stream(
     data_dir: str,
     config: Optional[StreamConfig] = None,
     resolved: Optional[List[mixture_lib.ResolvedSource]] = None,
+    table: Optional[tr.Table] = None,
 ) -> tf.data.Dataset:
-    """Batches of transitions for the trainer, checked against data_dir first.
+    """Batches of transitions for the trainer, checked against data_dir first
+    (pass `resolved` and `table` already built to skip re-reading them).
 
     Raises:
         MixtureError: before anything is read, if the mixture cannot be used.
     """
     config = config or StreamConfig()
     resolved = resolved if resolved is not None else mixture.resolve(data_dir)
-    table = load_table(resolved)
+    table = table if table is not None else load_table(resolved)
     streams = [source_indices(table, i, config) for i in range(len(resolved))]
     if len(streams) == 1:
         mixed = streams[0]
@@ -142,7 +144,7 @@ def inspect(
     config = config or StreamConfig()
     resolved = mixture.resolve(data_dir)
     table = load_table(resolved)
-    batches = make_stream(mixture, data_dir, config, resolved)
+    batches = make_stream(mixture, data_dir, config, resolved, table)
     counts = np.zeros(len(resolved), np.int64)
     rows = [[] for _ in resolved]
     shapes = None

@@ -88,6 +88,7 @@ class Table:
     episode_ids: tf.Tensor
     episode_starts: List[np.ndarray]
 
+
 def build_table(sources: Sequence[tf.data.Dataset], batch: int = 1024) -> Table:
     """Parses each source's serialized episodes (a dataset of records) once."""
     parts, episode_starts = [], []
