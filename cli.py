@@ -25,6 +25,8 @@ EPILOG = """examples:
   neverstop render --task checkerboard --seed 3 --out checkerboard.png --scale 4
   neverstop rollout --task base --policy scripted --episodes 200
   neverstop collect --task base --policy scripted --episodes 100 --out raw/base --workers 2
+  neverstop train --mode pretrain --mixture base:train:1 --data-dir data/tfds --run-dir runs/base
+  neverstop eval --checkpoint runs/base --task base --episodes 200
   neverstop bench env
 """
 
@@ -117,7 +119,7 @@ def _cmd_rollout(args) -> int:
 
 
 # Episodes per side when --episodes is not given: each stage's own scale.
-BENCH_EPISODES = {"env": 30, "collect": 600, "ingest": 20000, "mix": 2000}
+BENCH_EPISODES = {"env": 30, "collect": 600, "ingest": 20000, "mix": 2000, "train": 40}
 
 
 def _cmd_bench(args) -> int:
@@ -195,7 +197,121 @@ def _cmd_bench(args) -> int:
             )
         print(f"RESULT mix_speed_ratio {result['ratio']:.2f}")
         return 0
+    if args.stage == "train":
+        from neverstop.benchmarks import train_bench
+
+        result = train_bench.run(steps=episodes)
+        print(f"RESULT train_flops_fraction {result['late']:.2f}")
+        return 0
     raise ValueError(f"unknown bench stage {args.stage!r}")
+
+
+def _train_config(args):
+    from neverstop.trainers.config import TrainConfig
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    changes = {"mode": args.mode}
+    for flag, field in (
+        ("merge", "merge"),
+        ("steps", "steps"),
+        ("batch_size", "batch_size"),
+        ("learning_rate", "learning_rate"),
+        ("seed", "seed"),
+        ("checkpoint_every", "checkpoint_every"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            changes[field] = value
+    if args.no_augment:
+        changes["augment"] = False
+    return config.replace(**changes)
+
+
+def _cmd_train(args) -> int:
+    from neverstop.datasets import mixture as mixture_lib
+    from neverstop.trainers import run
+
+    config = _train_config(args)
+    mixture = mixture_lib.Mixture.load(args.mixture)
+    summary = run.train(
+        config,
+        mixture,
+        args.data_dir,
+        args.run_dir,
+        init=args.init,
+        vision_weights=args.vision_weights,
+        deterministic=args.deterministic,
+    )
+    m = summary.last_metrics
+    print(
+        f"{args.run_dir}: steps {summary.start_step} -> {summary.final_step} in "
+        f"{summary.seconds:.0f} s ({summary.steps_per_s:.1f} steps/s)"
+        + (
+            f"; loss {m['loss']:.4f}, mean Q {m['mean_q']:.3f}, target Q {m['target_q']:.3f}"
+            if m
+            else ""
+        )
+    )
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from neverstop.trainers import evaluate
+
+    with _progress_bar(args.episodes, f"eval {args.task}") as bar:
+        successes = [0]
+
+        def tick(success: bool):
+            successes[0] += int(success)
+            bar.update(1)
+            bar.set_postfix(success=f"{successes[0] / bar.n:.0%}")
+
+        result = evaluate.evaluate(
+            args.checkpoint,
+            args.task,
+            args.episodes,
+            workers=args.workers,
+            seed=args.seed,
+            object_split=args.split,
+            renderer=args.renderer,
+            progress=tick,
+        )
+    low, high = result["interval_95"]
+    print(
+        f"{result['policy']} on {args.task} ({args.split} objects): {result['successes']}/"
+        f"{result['episodes']} = {result['success_rate']:.1%}, 95% interval "
+        f"[{low:.1%}, {high:.1%}], {result['seconds']:.0f} s"
+    )
+    if args.out:
+        evaluate.write_result(result, args.out)
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from neverstop.trainers import export
+
+    info = export.export(args.checkpoint, args.out, seed=args.seed)
+    print(f"wrote a SavedModel policy of {info['checkpoint']} to {args.out}")
+    print("serving_default: (image, gripper_closed, height_to_bottom) -> action")
+    return 0
+
+
+def _cmd_pretrain_vision(args) -> int:
+    from neverstop.trainers import vision
+    from neverstop.trainers.config import TrainConfig
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    if args.merge:
+        config = config.replace(merge=args.merge)
+    meta = vision.pretrain(config, args.out, images=args.images, epochs=args.epochs, seed=args.seed)
+    print(
+        f"wrote {args.out}: {meta['description']}; validation loss "
+        f"{meta['validation_loss']:.4f} (predicting the prior: {meta['baseline_loss']:.4f})"
+    )
+    return 0
 
 
 def _beam_args(args) -> List[str]:
@@ -598,13 +714,106 @@ def build_parser() -> argparse.ArgumentParser:
         "taken there: both sides pay a fixed start-up of a few seconds). "
         "mix: transitions/s of our stream (no augmentation, like the peer; augmented printed "
         "beside) vs tfds.load + whole-episode decoding + sample_from_datasets, 50/50 of "
-        "--episodes base (default 2000) and a tenth as many target episodes.",
+        "--episodes base (default 2000) and a tenth as many target episodes. "
+        "train: this machine's float32 matmul FLOP/s and the trainer's achieved FLOP/s "
+        "(counted from the network's layers: forward, backward, CEM) at batch 64, for the "
+        "late and qtopt merges; the RESULT is the late merge's fraction of peak.",
     )
-    p.add_argument("stage", choices=("env", "collect", "ingest", "mix"))
-    p.add_argument("--episodes", type=int, help="episodes per side")
+    p.add_argument("stage", choices=("env", "collect", "ingest", "mix", "train"))
+    p.add_argument(
+        "--episodes", type=int, help="episodes per side (train: timed steps per merge, default 40)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renderer", default="tiny", choices=RENDERERS)
     p.set_defaults(fn=_cmd_bench)
+
+    p = sub.add_parser(
+        "train",
+        help="train a QT-Opt Q-function offline on a mixture (resumable)",
+        description="Offline QT-Opt (clipped double Q-learning, CEM) on a mixture of RLDS "
+        "datasets. Writes checkpoints, config.json, lineage.json, metrics.jsonl and TensorBoard "
+        "summaries to --run-dir; running the same command again resumes exactly where it "
+        "stopped (raise --steps to extend). Modes: pretrain (random init), finetune (--init "
+        "CKPT, learning rate x0.25), scratch (random init; the baseline on target-sized data), "
+        "imagenet (conv tower from --vision-weights, see pretrain-vision).",
+        epilog="example: neverstop train --mode finetune --init runs/base "
+        "--mixture base:train:0.5,checkerboard:train[:800]:0.5 --data-dir data/tfds "
+        "--run-dir runs/checkerboard",
+    )
+    p.add_argument(
+        "--mode", default="pretrain", choices=("pretrain", "finetune", "scratch", "imagenet")
+    )
+    p.add_argument(
+        "--mixture",
+        required=True,
+        help="short string (base:train:0.5,checkerboard:train[:800]:0.5) or a YAML file",
+    )
+    p.add_argument("--data-dir", required=True, help="TFDS data dir holding the datasets")
+    p.add_argument("--run-dir", required=True, help="where checkpoints and logs go")
+    p.add_argument("--init", help="finetune: the checkpoint to start from (run dir or prefix)")
+    p.add_argument("--vision-weights", help="imagenet: a tower weights file (.npz)")
+    p.add_argument("--config", help="JSON TrainConfig to start from (e.g. a run's config.json)")
+    p.add_argument(
+        "--merge", choices=("late", "qtopt"), help="where state+action join (default late)"
+    )
+    p.add_argument("--steps", type=int, help="train up to this step (default 20000)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float, help="pre-training rate (finetune x0.25)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--no-augment", action="store_true", help="train on unaugmented images")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="TF op determinism: bit-exact reruns and resumes (slower)",
+    )
+    p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="success rate of a checkpoint's greedy CEM policy, with a 95%% interval",
+        description="Runs the checkpoint's greedy CEM policy for --episodes seeded episodes "
+        "(held-out objects by default) in --workers processes and reports the success rate "
+        "with its Wilson 95%% interval as JSON (to --out, or stdout).",
+        epilog="example: neverstop eval --checkpoint runs/base --task base --episodes 200 "
+        "--out runs/eval/base.json",
+    )
+    p.add_argument("--checkpoint", required=True, help="a run dir (newest checkpoint) or prefix")
+    env_flags(p)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--seed", type=int, default=1_000_000, help="base seed of the episodes")
+    p.add_argument("--out", help="write the JSON result here")
+    p.set_defaults(fn=_cmd_eval)
+
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint's policy as a SavedModel",
+        description="Writes a SavedModel whose serving_default signature maps (image uint8 "
+        "[B,64,64,3], gripper_closed [B], height_to_bottom [B]) to action [B,5] by greedy "
+        "CEM. Loading it needs TensorFlow only.",
+        epilog="example: neverstop export --checkpoint runs/base --out exported/base",
+    )
+    p.add_argument("--checkpoint", required=True, help="a run dir (newest checkpoint) or prefix")
+    p.add_argument("--out", required=True, help="new directory for the SavedModel")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's CEM generator")
+    p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser(
+        "pretrain-vision",
+        help="train a supervised conv tower (the offline stand-in for ImageNet features)",
+        description="Renders --images simulator frames (training objects), trains the "
+        "Q-network's conv tower to say where the objects are (8x8 occupancy grid) and writes "
+        "its weights (.npz) for `train --mode imagenet --vision-weights`. The file says it is "
+        "this stand-in, and so does the lineage of runs that use it.",
+    )
+    p.add_argument("--out", required=True, help="weights file to write (.npz)")
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="JSON TrainConfig (the tower must match the runs using it)")
+    p.add_argument("--merge", choices=("late", "qtopt"))
+    p.set_defaults(fn=_cmd_pretrain_vision)
 
     p = sub.add_parser("tasks", help="list the six tasks and what each changes")
     p.set_defaults(fn=_cmd_tasks)

@@ -1,0 +1,325 @@
+"""Tests for neverstop/trainers: CEM, the Bellman target, runs, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from neverstop import schema
+from neverstop.datasets import mixture as mixture_lib
+from neverstop.datasets import transitions as tr
+from neverstop.trainers import cem, checkpoints, qtopt, run
+from neverstop.trainers.config import CEMConfig, ConfigError, TrainConfig
+from neverstop.trainers.networks import QNetwork
+from tests.trainers.helpers import BASE, make_data_dir, tiny_config
+
+REPO_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data_dir(tmp_path_factory.mktemp("trainer"), tasks=("base", "checkerboard"))
+
+
+@pytest.fixture(scope="module")
+def base_run(data_dir, tmp_path_factory):
+    """A finished 20-step pretrain run of the tiny network."""
+    run_dir = str(tmp_path_factory.mktemp("runs") / "base")
+    summary = run.train(tiny_config(), BASE, data_dir, run_dir, progress=False)
+    return run_dir, summary
+
+
+# --- CEM and the target ------------------------------------------------------------------
+
+
+def test_cem_finds_the_maximiser_of_a_concave_function():
+    optimum = tf.constant(
+        [[0.3, -0.5, 0.8, 0.0, -0.2], [-0.9, 0.9, -0.1, 0.45, 0.6], [0.0, 0.0, 0.0, 0.0, 0.95]]
+    )
+
+    def score(actions):  # [B, N, 5] -> [B, N], maximal (0) exactly at `optimum`
+        return -tf.reduce_sum(tf.square(actions - optimum[:, None, :]) * [1, 2, 3, 1, 0.5], -1)
+
+    config = CEMConfig(samples=64, elites=6, iterations=8)
+    best, value = cem.maximize(score, 3, tf.constant([4, 2]), config)
+    assert np.abs(best.numpy() - optimum.numpy()).max() < 0.05
+    np.testing.assert_allclose(value.numpy(), score(best[:, None, :]).numpy()[:, 0], rtol=1e-5)
+    # With QT-Opt's defaults (2 iterations) it still improves on the centre.
+    best2, value2 = cem.maximize(score, 3, tf.constant([4, 2]), CEMConfig())
+    assert np.all(value2.numpy() > score(tf.zeros([3, 1, 5])).numpy()[:, 0])
+    # Same seed, same answer; actions stay in [-1, 1].
+    again, _ = cem.maximize(score, 3, tf.constant([4, 2]), CEMConfig())
+    np.testing.assert_array_equal(best2.numpy(), again.numpy())
+    assert np.all(np.abs(best2.numpy()) <= 1.0)
+
+
+class _ConstantQ:
+    """A stand-in target network: Q(s', a) = q[i] for state i, whatever a."""
+
+    def __init__(self, q):
+        self.q = tf.constant(q, tf.float32)
+
+    def features(self, image):
+        return tf.zeros([tf.shape(image)[0], 1]) + self.q[:, None]
+
+    def logits(self, features, state, action):
+        p = tf.clip_by_value(features[:, 0], 1e-6, 1 - 1e-6)
+        return tf.math.log(p) - tf.math.log(1 - p)
+
+
+def test_bellman_target_matches_a_hand_computed_batch():
+    b = 4
+    image = tf.zeros([b, 64, 64, 3], tf.uint8)
+    observation = {
+        schema.IMAGE: image,
+        schema.GRIPPER_CLOSED: tf.zeros([b]),
+        schema.HEIGHT_TO_BOTTOM: tf.zeros([b]),
+    }
+    batch = {
+        tr.NEXT_OBSERVATION: observation,
+        schema.REWARD: tf.constant([0.0, 1.0, 0.0, 0.0]),
+        tr.TERMINAL: tf.constant([False, True, False, True]),
+    }
+    target1 = _ConstantQ([0.6, 0.9, 0.3, 0.8])
+    target2 = _ConstantQ([0.5, 0.2, 0.7, 0.9])
+    out = qtopt.clipped_double_q_target(
+        batch, target1, target2, TrainConfig(gamma=0.9), tf.constant([1, 2])
+    )
+    # y = r + 0.9 * (1 - terminal) * min(q1, q2):
+    #   0 + 0.9 * min(.6, .5) = .45;  terminal success: 1;  0 + 0.9 * min(.3, .7) = .27;
+    #   terminal failure: 0 (the bootstrap .8/.9 must not leak in).
+    np.testing.assert_allclose(out["target"].numpy(), [0.45, 1.0, 0.27, 0.0], atol=1e-5)
+    np.testing.assert_allclose(out["q1_next"].numpy(), [0.6, 0.9, 0.3, 0.8], atol=1e-5)
+    np.testing.assert_allclose(out["q2_next"].numpy(), [0.5, 0.2, 0.7, 0.9], atol=1e-5)
+    # A per-step penalty cannot push the label below 0.
+    y = qtopt.bellman_target([-0.5], [True], [0.5], [0.5], 0.9)
+    assert float(y[0]) == 0.0
+
+
+def test_the_train_step_moves_q_towards_the_targets_and_the_targets_lag():
+    config = tiny_config(lag_steps=3, polyak=0.5, learning_rate=1e-2)
+    learner = qtopt.QTOpt(config)
+    from neverstop.benchmarks.train_bench import synthetic_batch
+
+    batch = synthetic_batch(config)
+    before = learner.online.get_numpy()
+    t2_before = learner.target2.get_numpy()
+    for _ in range(3):
+        learner.train_step(batch)
+    # Q'1 follows the online net (Polyak), Q'2 is copied from Q'1 at step 3 only.
+    online, t1, t2 = (n.get_numpy() for n in (learner.online, learner.target1, learner.target2))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, online))
+    assert all(np.array_equal(a, b) for a, b in zip(t1, t2))
+    assert any(not np.array_equal(a, b) for a, b in zip(t1, t2_before))
+    learner.train_step(batch)
+    t1, t2 = learner.target1.get_numpy(), learner.target2.get_numpy()
+    assert any(not np.array_equal(a, b) for a, b in zip(t1, t2))
+    assert int(learner.step) == 4
+
+
+def test_training_fits_the_bellman_targets_of_a_batch():
+    from neverstop.benchmarks.train_bench import synthetic_batch
+
+    config = tiny_config(learning_rate=3e-3)
+    learner = qtopt.QTOpt(config)
+    batch = synthetic_batch(config)
+    y = qtopt.clipped_double_q_target(
+        batch, learner.target1, learner.target2, config, tf.constant([0, 0])
+    )["target"]
+
+    def cross_entropy():
+        logits = learner.online(batch[tr.OBSERVATION], batch[schema.ACTION])
+        return float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, logits)))
+
+    before = cross_entropy()
+    for _ in range(30):
+        learner.train_step(batch)
+    assert cross_entropy() < before - 0.01
+
+
+@pytest.mark.parametrize("merge", ["late", "qtopt"])
+def test_both_merge_points_build_and_score_actions(merge):
+    config = tiny_config(merge=merge)
+    network = QNetwork(config)
+    image = tf.zeros([2, 64, 64, 3], tf.uint8)
+    features = network.features(image)
+    expected_rank = 2 if merge == "late" else 4
+    assert len(features.shape) == expected_rank
+    scores = cem.network_score_fn(network, features, tf.zeros([2, 2]))(tf.zeros([2, 5, 5]))
+    assert scores.shape == (2, 5)
+    assert np.all((scores.numpy() > 0) & (scores.numpy() < 1))
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def test_a_run_writes_config_lineage_metrics_and_checkpoints(base_run, data_dir):
+    run_dir, summary = base_run
+    assert summary.final_step == 20
+    assert sorted(f for f in os.listdir(run_dir) if f.endswith(".index")) == [
+        "ckpt-10.index",
+        "ckpt-20.index",
+    ]
+    assert checkpoints.read_config(run_dir) == tiny_config()
+    lineage = checkpoints.read_json(os.path.join(run_dir, "lineage.json"))
+    assert lineage["mode"] == "pretrain"
+    assert lineage["mixture"] == BASE.as_dict()
+    assert lineage["datasets"][0]["dataset"] == "grasps/base:1.0.0"
+    assert lineage["datasets"][0]["episodes"] == 25
+    assert lineage["parent_checkpoint"] is None
+    metrics = run.read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [5, 10, 15, 20]
+    for m in metrics:
+        assert set(run.METRIC_KEYS) <= set(m) and m["steps_per_s"] > 0
+        assert np.isfinite(m["loss"]) and 0 < m["mean_q"] < 1 and 0 <= m["target_q"] <= 1
+    events = os.listdir(os.path.join(run_dir, "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_more_steps_extend_it(
+    base_run, data_dir, tmp_path
+):
+    run_dir, _ = base_run
+    import shutil
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy)
+    digest = run.checkpoint_digest(os.path.join(copy, "ckpt-20"))
+    summary = run.train(tiny_config(), BASE, data_dir, copy, progress=False)
+    assert (summary.start_step, summary.final_step) == (20, 20)
+    assert run.checkpoint_digest(os.path.join(copy, "ckpt-20")) == digest
+    summary = run.train(tiny_config(steps=25), BASE, data_dir, copy, progress=False)
+    assert (summary.start_step, summary.final_step) == (20, 25)
+    assert checkpoints.locate(copy).step == 25
+
+
+def test_finetune_starts_from_the_parent_at_a_quarter_of_the_learning_rate(
+    base_run, data_dir, tmp_path
+):
+    parent_dir, _ = base_run
+    mixture = mixture_lib.Mixture.parse("base:train:0.5,checkerboard:train[:10]:0.5")
+    config = tiny_config(mode="finetune", steps=1)
+    learner = qtopt.QTOpt(config)
+    parent, _ = run.initialise(learner, config, parent_dir, None)
+    parent_net, _, _ = checkpoints.load_network(parent_dir)
+    for mine, theirs in zip(learner.target2.get_numpy(), parent_net.get_numpy()):
+        np.testing.assert_array_equal(mine, theirs)
+    assert float(learner.optimizer.learning_rate) == pytest.approx(0.25 * config.learning_rate)
+    run_dir = str(tmp_path / "ft")
+    run.train(config, mixture, data_dir, run_dir, init=parent_dir, progress=False)
+    lineage = checkpoints.read_json(os.path.join(run_dir, "lineage.json"))
+    assert lineage["parent_checkpoint"]["id"] == f"{os.path.basename(parent_dir)}/ckpt-20"
+    assert [d["dataset"] for d in lineage["datasets"]] == [
+        "grasps/base:1.0.0",
+        "grasps/checkerboard:1.0.0",
+    ]
+
+
+def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
+    """200 steps in one go == 100 steps, SIGKILL, resume to 200 (all variables)."""
+    env = dict(os.environ, PYTHONPATH=REPO_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = [sys.executable, "-m", "tests.trainers._train_child", data_dir]
+    cwd = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+    def finish(run_dir):
+        out = subprocess.run(
+            child + [run_dir, "200"], env=env, cwd=cwd, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    straight = finish(str(tmp_path / "straight"))
+    killed_dir = str(tmp_path / "killed")
+    proc = subprocess.Popen(
+        child + [killed_dir, "200", "100"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(killed_dir, "hanging")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "the child never reached step 100"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoints.locate(killed_dir).step == 100
+    resumed = finish(killed_dir)
+    assert resumed == straight
+    metrics = run.read_metrics(killed_dir)
+    assert [m["step"] for m in metrics] == [25, 50, 75, 100, 125, 150, 175, 200]
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    run_dir = str(tmp_path / "nan")
+    calls = []
+
+    def poison(batch):
+        calls.append(1)
+        if len(calls) == 13:
+            batch = dict(batch, **{schema.REWARD: batch[schema.REWARD] * np.nan})
+        return batch
+
+    with pytest.raises(run.TrainingDivergedError) as e:
+        run.train(tiny_config(), BASE, data_dir, run_dir, progress=False, batch_hook=poison)
+    message = str(e.value)
+    assert "non-finite at step 13" in message
+    assert "last good checkpoint is step 10" in message
+    assert checkpoints.locate(run_dir).step == 10
+    assert [m["step"] for m in run.read_metrics(run_dir)] == [5, 10]
+
+
+def test_an_incompatible_checkpoint_is_refused_before_anything_is_written(
+    base_run, data_dir, tmp_path
+):
+    parent_dir, _ = base_run
+    other = tiny_config(mode="finetune", tower_filters=((8, 8, 4), (32, 4, 2)))
+    run_dir = str(tmp_path / "ft")
+    with pytest.raises(ConfigError) as e:
+        run.train(other, BASE, data_dir, run_dir, init=parent_dir, progress=False)
+    assert "tower_filters" in str(e.value) and "ckpt-20" in str(e.value)
+    assert not os.path.exists(os.path.join(run_dir, "config.json"))
+    assert not any(f.endswith(".index") for f in os.listdir(run_dir)) if os.path.exists(
+        run_dir
+    ) else True
+    # Resuming a run dir with a different config is refused too, and changes nothing.
+    before = sorted(os.listdir(parent_dir))
+    with pytest.raises(ConfigError, match="different config.*gamma"):
+        run.train(tiny_config(gamma=0.8), BASE, data_dir, parent_dir, progress=False)
+    assert sorted(os.listdir(parent_dir)) == before
+
+
+def test_a_mixture_the_network_cannot_eat_is_refused(data_dir, tmp_path):
+    run_dir = str(tmp_path / "r")
+    with pytest.raises(ConfigError, match="expects 32x32x3 images.*64x64x3"):
+        run.train(tiny_config(image_size=32), BASE, data_dir, run_dir, progress=False)
+    with pytest.raises(mixture_lib.MixtureError, match="grasps/harsh_lighting"):
+        run.train(
+            tiny_config(),
+            mixture_lib.Mixture.parse("harsh_lighting:train:1"),
+            data_dir,
+            run_dir,
+            progress=False,
+        )
+    assert not os.path.exists(run_dir)
+
+
+def test_mode_flags_are_checked(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="needs --init"):
+        run.train(tiny_config(mode="finetune"), BASE, data_dir, str(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="needs --vision-weights"):
+        run.train(tiny_config(mode="imagenet"), BASE, data_dir, str(tmp_path / "b"), progress=False)
+    with pytest.raises(ConfigError, match="unknown mode"):
+        tiny_config(mode="imagenette")
+    with pytest.raises(ConfigError, match="unknown config keys \\['gama'\\]"):
+        TrainConfig.from_dict({"gama": 0.9})

@@ -1,0 +1,93 @@
+"""Finding and loading trained networks: a run dir or a checkpoint prefix.
+
+A run directory (see run.py) holds config.json, lineage.json and TF
+checkpoints `ckpt-<step>`. Anything that uses a trained network (fine-tuning
+`--init`, `neverstop eval`, `neverstop export`) names either the run dir
+(its newest checkpoint) or one checkpoint prefix (`RUN/ckpt-3000`).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from neverstop.trainers.config import ConfigError, TrainConfig, check_compatible
+from neverstop.trainers.networks import QNetwork
+
+CONFIG_FILE = "config.json"
+LINEAGE_FILE = "lineage.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+    run_dir: str
+    prefix: str  # e.g. RUN/ckpt-3000
+    step: int
+
+    @property
+    def id(self) -> str:
+        """Short, stable label: `<run name>/ckpt-<step>` (dataset policy names carry it)."""
+        return f"{os.path.basename(os.path.normpath(self.run_dir))}/ckpt-{self.step}"
+
+
+def locate(path: str) -> CheckpointRef:
+    """A run dir (-> newest checkpoint) or a checkpoint prefix -> CheckpointRef.
+
+    Raises ConfigError naming the path when there is nothing to load.
+    """
+    if os.path.isdir(path):
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix is None:
+            raise ConfigError(f"{path}: no checkpoint in this run directory (no ckpt-* files)")
+        run_dir = path
+    else:
+        prefix = path
+        run_dir = os.path.dirname(path) or "."
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise ConfigError(
+                f"{path}: not a run directory and not a checkpoint prefix "
+                f"({prefix}.index does not exist)"
+            )
+    try:
+        step = int(os.path.basename(prefix).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        raise ConfigError(f"{prefix}: checkpoint names look like ckpt-<step>") from None
+    return CheckpointRef(run_dir, prefix, step)
+
+
+def read_config(run_dir: str) -> TrainConfig:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ConfigError(f"{run_dir}: no {CONFIG_FILE}; is this a neverstop run directory?")
+    try:
+        return TrainConfig.load(path)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: not a valid trainer config: {e}") from e
+
+
+def restore_online(
+    ref: CheckpointRef, network: QNetwork, config: Optional[TrainConfig] = None
+) -> None:
+    """Loads the online network's weights from `ref` into `network`, after
+    checking that the checkpoint's architecture matches `network`'s."""
+    saved = read_config(ref.run_dir)
+    check_compatible(saved.as_dict(), config or network.config, ref.prefix)
+    checkpoint = tf.train.Checkpoint(online_tower=network.tower, online_head=network.head)
+    checkpoint.restore(ref.prefix).expect_partial().assert_existing_objects_matched()
+
+
+def load_network(path: str):
+    """(QNetwork with the checkpoint's online weights, its config, its ref)."""
+    ref = locate(path)
+    config = read_config(ref.run_dir)
+    network = QNetwork(config, "online")
+    restore_online(ref, network, config)
+    return network, config, ref
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)

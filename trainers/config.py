@@ -1,0 +1,158 @@
+"""The trainer's typed configuration: every knob in one frozen dataclass.
+
+Defaults follow QT-Opt (Kalashnikov et al., 2018) and the study (Julian et
+al., 2020) where they apply, scaled to a 2-core CPU: gamma 0.9, CEM with 64
+samples, 6 elites and 2 iterations, a Polyak-averaged first target network
+and a lagged second one, fine-tuning at 0.25x the pre-training learning rate.
+A run writes its resolved config as JSON; `TrainConfig.from_dict` reads it
+back and refuses unknown keys, so a typo never silently means a default.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Any, Dict, Optional
+
+MODES = ("pretrain", "finetune", "scratch", "imagenet")
+MERGES = ("late", "qtopt")
+# Fields that change the network's variables: a checkpoint can only be
+# restored into a network built with the same values.
+ARCHITECTURE_FIELDS = ("merge", "tower_filters", "head_units", "qtopt_convs", "image_size")
+
+
+class ConfigError(ValueError):
+    """A config value (or a checkpoint's config) that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CEMConfig:
+    samples: int = 64
+    elites: int = 6
+    iterations: int = 2
+    initial_std: float = 0.5
+
+    def __post_init__(self):
+        if self.samples < 2 or not 1 <= self.elites <= self.samples:
+            raise ConfigError(
+                f"CEM needs samples >= 2 and 1 <= elites <= samples, got "
+                f"samples={self.samples} elites={self.elites}"
+            )
+        if self.iterations < 1:
+            raise ConfigError(f"CEM iterations must be >= 1, got {self.iterations}")
+        if not self.initial_std > 0:
+            raise ConfigError(f"CEM initial_std must be > 0, got {self.initial_std}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "pretrain"
+    merge: str = "late"
+    # Network. tower_filters: one conv layer per entry, (filters, kernel, stride).
+    image_size: int = 64
+    tower_filters: tuple = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+    head_units: tuple = (256, 128)
+    qtopt_convs: int = 2  # `qtopt` merge: conv layers after the broadcast add
+    # Optimisation.
+    steps: int = 20_000
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    finetune_lr_scale: float = 0.25
+    l2: float = 1e-5
+    grad_clip_norm: float = 10.0
+    # Q-learning.
+    gamma: float = 0.9
+    polyak: float = 0.995  # Q'1 <- polyak * Q'1 + (1 - polyak) * Q each step
+    lag_steps: int = 500  # Q'2 <- Q'1 every lag_steps
+    cem: CEMConfig = dataclasses.field(default_factory=CEMConfig)
+    # Stream.
+    augment: bool = True
+    seed: int = 0
+    # Run bookkeeping.
+    checkpoint_every: int = 1_000
+    keep_checkpoints: int = 3
+    log_every: int = 100
+
+    def __post_init__(self):
+        if isinstance(self.cem, dict):
+            object.__setattr__(self, "cem", CEMConfig(**self.cem))
+        object.__setattr__(self, "tower_filters", tuple(tuple(f) for f in self.tower_filters))
+        object.__setattr__(self, "head_units", tuple(self.head_units))
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.merge not in MERGES:
+            raise ConfigError(f"unknown merge {self.merge!r}; expected one of {', '.join(MERGES)}")
+        for name in ("steps", "batch_size", "lag_steps", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if not 0.0 < self.gamma < 1.0:
+            raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
+        if not 0.0 <= self.polyak < 1.0:
+            raise ConfigError(f"polyak must be in [0, 1), got {self.polyak}")
+        for name in ("learning_rate", "finetune_lr_scale", "grad_clip_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+        if not self.tower_filters or any(len(f) != 3 for f in self.tower_filters):
+            raise ConfigError("tower_filters must be a non-empty list of (filters, kernel, stride)")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """Fine-tuning runs at finetune_lr_scale x the pre-training rate."""
+        scale = self.finetune_lr_scale if self.mode == "finetune" else 1.0
+        return self.learning_rate * scale
+
+    def architecture(self) -> Dict[str, Any]:
+        return {name: _jsonable(getattr(self, name)) for name in ARCHITECTURE_FIELDS}
+
+    def as_dict(self) -> Dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        if isinstance(data.get("cem"), dict):
+            data["cem"] = CEMConfig(**data["cem"])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def check_compatible(saved: Dict[str, Any], config: TrainConfig, where: str) -> None:
+    """Raises ConfigError naming every architecture field that differs."""
+    current = config.architecture()
+    saved_arch = {k: _jsonable(saved.get(k)) for k in ARCHITECTURE_FIELDS}
+    diffs = [
+        f"{k}: checkpoint has {saved_arch[k]!r}, this run has {current[k]!r}"
+        for k in ARCHITECTURE_FIELDS
+        if saved_arch[k] != current[k]
+    ]
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {where} was trained with an incompatible network config ("
+            + "; ".join(diffs)
+            + "); use the same architecture or start a new run"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def describe(config: Optional[TrainConfig] = None) -> str:
+    return json.dumps((config or TrainConfig()).as_dict(), indent=2, sort_keys=True)

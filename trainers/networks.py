@@ -1,0 +1,146 @@
+"""The Q-network: Q(s, a) = sigmoid(head(tower(image), gripper state, action)).
+
+It is two Keras models so CEM can run the image tower once per state and the
+(cheap) head once per sampled action:
+
+- `tower`: uint8 image [B, H, W, 3] -> features. With the `late` merge the
+  features are a vector (conv stack, flatten, dense); with `qtopt` they are
+  the last conv feature map.
+- `head`: (features, state [B, 2], action [B, 5]) -> logit [B]. `late`
+  concatenates features, state and action and runs dense layers; `qtopt`
+  embeds state and action, broadcast-adds them into the feature map and runs
+  `qtopt_convs` more conv layers before the dense layers (QT-Opt's merge:
+  every CEM sample pays for those convs).
+
+`layer_flops` counts multiply-adds x2 of every conv and dense layer for
+one example, the numbers `neverstop bench train` adds up.
+"""
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from neverstop import schema
+from neverstop.trainers.config import TrainConfig
+
+STATE_DIM = 2  # gripper_closed, height_to_bottom
+HEIGHT_SCALE = 5.0  # metres -> about [0, 1.5], the range of the other inputs
+
+
+def state_vector(observation: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """[B, 2] float32: gripper_closed and the scaled height_to_bottom."""
+    return tf.stack(
+        [
+            tf.cast(observation[schema.GRIPPER_CLOSED], tf.float32),
+            tf.cast(observation[schema.HEIGHT_TO_BOTTOM], tf.float32) * HEIGHT_SCALE,
+        ],
+        axis=-1,
+    )
+
+
+def _conv(filters: int, kernel: int, stride: int, name: str) -> tf.keras.layers.Layer:
+    return tf.keras.layers.Conv2D(
+        filters, kernel, strides=stride, padding="same", activation="relu", name=name
+    )
+
+
+def build_tower(config: TrainConfig, name: str = "tower") -> tf.keras.Model:
+    size = config.image_size
+    image = tf.keras.Input((size, size, 3), dtype=tf.uint8, name="image")
+    x = tf.keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(tf.cast(image, tf.float32))
+    for i, (filters, kernel, stride) in enumerate(config.tower_filters):
+        x = _conv(filters, kernel, stride, f"conv{i}")(x)
+    if config.merge == "late":
+        x = tf.keras.layers.Flatten(name="flatten")(x)
+        x = tf.keras.layers.Dense(config.head_units[0], activation="relu", name="embed")(x)
+    return tf.keras.Model(image, x, name=name)
+
+
+def build_head(config: TrainConfig, feature_shape: Tuple[int, ...], name: str = "head"):
+    features = tf.keras.Input(feature_shape, name="features")
+    state = tf.keras.Input((STATE_DIM,), name="state")
+    action = tf.keras.Input((schema.ACTION_DIM,), name="action")
+    state_action = tf.keras.layers.Concatenate(name="state_action")([state, action])
+    if config.merge == "late":
+        x = tf.keras.layers.Concatenate(name="merge")([features, state_action])
+        units = config.head_units[1:]
+    else:
+        channels = feature_shape[-1]
+        embedded = tf.keras.layers.Dense(channels, activation="relu", name="sa_embed")(state_action)
+        embedded = tf.keras.layers.Reshape((1, 1, channels), name="sa_broadcast")(embedded)
+        x = tf.keras.layers.Add(name="merge")([features, embedded])
+        for i in range(config.qtopt_convs):
+            x = _conv(channels, 3, 1, f"merged_conv{i}")(x)
+        x = tf.keras.layers.Flatten(name="flatten")(x)
+        units = config.head_units
+    for i, n in enumerate(units):
+        x = tf.keras.layers.Dense(n, activation="relu", name=f"fc{i}")(x)
+    logit = tf.keras.layers.Dense(1, name="logit")(x)
+    logit = tf.keras.layers.Reshape((), name="squeeze")(logit)
+    return tf.keras.Model([features, state, action], logit, name=name)
+
+
+class QNetwork(tf.Module):
+    """A tower and a head; `variables` in a fixed order (tower, then head)."""
+
+    def __init__(self, config: TrainConfig, name: str = "q"):
+        super().__init__(name=name)
+        self.config = config
+        self.tower = build_tower(config, f"{name}_tower")
+        self.head = build_head(config, tuple(self.tower.output_shape[1:]), f"{name}_head")
+
+    @property
+    def feature_shape(self) -> Tuple[int, ...]:
+        return tuple(self.tower.output_shape[1:])
+
+    @property
+    def weights(self) -> List[tf.Variable]:
+        return list(self.tower.weights) + list(self.head.weights)
+
+    @property
+    def trainable_weights(self) -> List[tf.Variable]:
+        return list(self.tower.trainable_weights) + list(self.head.trainable_weights)
+
+    def features(self, image: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.tower(image, training=training)
+
+    def logits(self, features, state, action, training: bool = False) -> tf.Tensor:
+        return self.head([features, state, action], training=training)
+
+    def __call__(self, observation: Dict[str, tf.Tensor], action, training: bool = False):
+        """Logits Q(s, a) before the sigmoid, [B]."""
+        features = self.features(observation[schema.IMAGE], training)
+        return self.logits(features, state_vector(observation), action, training)
+
+    def copy_from(self, other: "QNetwork") -> None:
+        for mine, theirs in zip(self.weights, other.weights):
+            mine.assign(theirs)
+
+    def get_numpy(self) -> List[np.ndarray]:
+        return [w.numpy() for w in self.weights]
+
+
+def _layer_flops(layer: tf.keras.layers.Layer) -> int:
+    if isinstance(layer, tf.keras.layers.Conv2D):
+        _, h, w, c_out = layer.output_shape
+        kh, kw = layer.kernel_size
+        c_in = layer.input_shape[-1]
+        return 2 * h * w * kh * kw * c_in * c_out
+    if isinstance(layer, tf.keras.layers.Dense):
+        return 2 * int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+    return 0
+
+
+def layer_flops(model: tf.keras.Model) -> Dict[str, int]:
+    """FLOPs of each conv/dense layer for one example's forward pass."""
+    return {layer.name: _layer_flops(layer) for layer in model.layers if _layer_flops(layer)}
+
+
+def first_layer_flops(model: tf.keras.Model) -> int:
+    """The first weighted layer's FLOPs: its input gradient is never needed
+    when its input is data, so backward skips that half for it."""
+    for layer in model.layers:
+        if _layer_flops(layer):
+            return _layer_flops(layer)
+    return 0

@@ -1,0 +1,81 @@
+"""The greedy CEM policy: what a trained Q-network does in the world.
+
+`greedy_actions` is the one graph both the in-process policy (evaluation,
+collection with exploration) and the exported SavedModel run: the image
+tower once per state, CEM over the head, the best action found.
+`CEMPolicy` wraps it in the envs.policies interface (`action =
+policy(observation, rng)`, a `name`), so `envs.policies.EpsilonGreedy` and
+the collector take it as they take the scripted policy; envs/ never imports
+this module.
+"""
+
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+from neverstop import schema
+from neverstop.trainers import cem
+from neverstop.trainers.config import CEMConfig
+from neverstop.trainers.networks import QNetwork, state_vector
+
+
+def greedy_actions(
+    network: QNetwork, cem_config: CEMConfig, observation: Dict[str, tf.Tensor], seed
+) -> tf.Tensor:
+    """[B, 5] actions maximising the network's Q by CEM."""
+    features = network.features(observation[schema.IMAGE])
+    state = state_vector(observation)
+    action, _ = cem.maximize(
+        cem.network_score_fn(network, features, state), tf.shape(state)[0], seed, cem_config
+    )
+    return action
+
+
+def input_signature(image_size: int = schema.IMAGE_SIZE):
+    return [
+        tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name=schema.IMAGE),
+        tf.TensorSpec([None], tf.float32, name=schema.GRIPPER_CLOSED),
+        tf.TensorSpec([None], tf.float32, name=schema.HEIGHT_TO_BOTTOM),
+    ]
+
+
+class CEMPolicy:
+    """Greedy CEM over a QNetwork; the CEM seed comes from the caller's rng."""
+
+    def __init__(self, network: QNetwork, cem_config: CEMConfig, name: str = "qtopt"):
+        self.network = network
+        self.cem_config = cem_config
+        self.name = name
+        signature = input_signature(network.config.image_size) + [
+            tf.TensorSpec([2], tf.int64, name="seed")
+        ]
+        self._act = tf.function(self._act_fn, input_signature=signature)
+
+    def _act_fn(self, image, gripper_closed, height_to_bottom, seed):
+        observation = {
+            schema.IMAGE: image,
+            schema.GRIPPER_CLOSED: gripper_closed,
+            schema.HEIGHT_TO_BOTTOM: height_to_bottom,
+        }
+        return greedy_actions(self.network, self.cem_config, observation, seed)
+
+    def __call__(self, observation, rng: np.random.Generator) -> np.ndarray:
+        seed = rng.integers(0, 2**31 - 1, size=2, dtype=np.int64)
+        action = self._act(
+            np.asarray(observation[schema.IMAGE], np.uint8)[None],
+            np.asarray([observation[schema.GRIPPER_CLOSED]], np.float32),
+            np.asarray([observation[schema.HEIGHT_TO_BOTTOM]], np.float32),
+            seed,
+        )
+        return action.numpy()[0].astype(np.float32)
+
+
+def from_checkpoint(path: str, epsilon: float = 0.0):
+    """A CEMPolicy named `qtopt:<run>/ckpt-<step>` (epsilon-greedy when epsilon > 0)."""
+    from neverstop.envs import policies
+    from neverstop.trainers import checkpoints
+
+    network, config, ref = checkpoints.load_network(path)
+    policy = CEMPolicy(network, config.cem, name=f"qtopt:{ref.id}")
+    return policies.EpsilonGreedy(policy, epsilon) if epsilon > 0 else policy

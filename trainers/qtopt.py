@@ -1,0 +1,141 @@
+"""QT-Opt's update, offline, in one place.
+
+    a*  = CEM argmax_a Q'1(s', a)
+    y   = r + gamma * (1 - terminal) * min(Q'1(s', a*), Q'2(s', a*))
+    L   = cross_entropy(y, sigmoid(Q(s, a))) + l2 * sum ||W||^2
+    Q   <- Adam step on L (gradients clipped by global norm)
+    Q'1 <- polyak * Q'1 + (1 - polyak) * Q            (every step)
+    Q'2 <- Q'1                                         (every lag_steps)
+
+Q values are probabilities of a successful grasp (the sigmoid of the
+network's logit); y is clipped to [0, 1] so a per-step penalty cannot push
+the cross-entropy's label out of range. A step whose loss or gradients are
+not finite changes nothing and is reported (`finite` = False): the run
+loop then stops without saving (see run.py).
+"""
+
+from typing import Dict
+
+import tensorflow as tf
+
+from neverstop import schema
+from neverstop.datasets import transitions as tr
+from neverstop.trainers import cem
+from neverstop.trainers.config import TrainConfig
+from neverstop.trainers.networks import QNetwork, state_vector
+
+
+def bellman_target(reward, terminal, q1_next, q2_next, gamma: float) -> tf.Tensor:
+    """y = r + gamma * (1 - terminal) * min(q1, q2), clipped to [0, 1]."""
+    terminal = tf.cast(terminal, tf.float32)
+    bootstrap = tf.minimum(q1_next, q2_next)
+    y = tf.cast(reward, tf.float32) + gamma * (1.0 - terminal) * bootstrap
+    return tf.clip_by_value(y, 0.0, 1.0)
+
+
+def clipped_double_q_target(
+    batch: Dict[str, tf.Tensor],
+    target1: QNetwork,
+    target2: QNetwork,
+    config: TrainConfig,
+    seed: tf.Tensor,
+) -> Dict[str, tf.Tensor]:
+    """The Bellman targets of a batch of transitions, and what went into them."""
+    next_obs = batch[tr.NEXT_OBSERVATION]
+    state = state_vector(next_obs)
+    features1 = target1.features(next_obs[schema.IMAGE])
+    size = tf.shape(state)[0]
+    a_star, q1 = cem.maximize(
+        cem.network_score_fn(target1, features1, state), size, seed, config.cem
+    )
+    q2 = tf.sigmoid(target2.logits(target2.features(next_obs[schema.IMAGE]), state, a_star))
+    y = bellman_target(batch[schema.REWARD], batch[tr.TERMINAL], q1, q2, config.gamma)
+    return {"target": y, "a_star": a_star, "q1_next": q1, "q2_next": q2}
+
+
+def make_optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
+    return tf.keras.optimizers.Adam(
+        config.effective_learning_rate, global_clipnorm=config.grad_clip_norm
+    )
+
+
+class QTOpt(tf.Module):
+    """The online network, both target networks, the optimizer, the step and
+    the RNG: everything a checkpoint must hold besides the data iterator."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(name="qtopt")
+        self.config = config
+        self.online = QNetwork(config, "online")
+        self.target1 = QNetwork(config, "target1")
+        self.target2 = QNetwork(config, "target2")
+        self.sync_targets()
+        self.optimizer = make_optimizer(config)
+        self.optimizer.build(self.online.trainable_weights)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.rng = tf.random.Generator.from_seed(config.seed)
+
+    def sync_targets(self) -> None:
+        """Q'1 = Q'2 = Q (at start, and after loading initial weights)."""
+        self.target1.copy_from(self.online)
+        self.target2.copy_from(self.online)
+
+    def checkpoint_items(self) -> dict:
+        return dict(
+            online_tower=self.online.tower,
+            online_head=self.online.head,
+            target1_tower=self.target1.tower,
+            target1_head=self.target1.head,
+            target2_tower=self.target2.tower,
+            target2_head=self.target2.head,
+            optimizer=self.optimizer,
+            step=self.step,
+            rng=self.rng,
+        )
+
+    def l2_penalty(self) -> tf.Tensor:
+        kernels = [w for w in self.online.trainable_weights if "kernel" in w.name]
+        return self.config.l2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+
+    @tf.function(jit_compile=False)
+    def train_step(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        seed = self.rng.make_seeds(1)[:, 0]
+        target = clipped_double_q_target(batch, self.target1, self.target2, self.config, seed)
+        y = tf.stop_gradient(target["target"])
+        weights = self.online.trainable_weights
+        with tf.GradientTape() as tape:
+            logits = self.online(batch[tr.OBSERVATION], batch[schema.ACTION], training=True)
+            cross_entropy = tf.reduce_mean(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+            loss = cross_entropy + self.l2_penalty()
+        grads = tape.gradient(loss, weights)
+        finite = tf.math.is_finite(loss)
+        for g in grads:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+
+        def apply():
+            self.optimizer.apply_gradients(zip(grads, weights))
+            tau = 1.0 - self.config.polyak
+            for t1, w in zip(self.target1.weights, self.online.weights):
+                t1.assign(t1 + tau * (w - t1))
+            self.step.assign_add(1)
+
+            def lag():
+                for t2, t1 in zip(self.target2.weights, self.target1.weights):
+                    t2.assign(t1)
+                return tf.constant(True)
+
+            tf.cond(tf.equal(self.step % self.config.lag_steps, 0), lag, lambda: tf.constant(False))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        q = tf.sigmoid(logits)
+        return {
+            "loss": loss,
+            "cross_entropy": cross_entropy,
+            "mean_q": tf.reduce_mean(q),
+            "target_q": tf.reduce_mean(y),
+            "td_error": tf.reduce_mean(tf.abs(q - y)),
+            "finite": finite,
+        }
