@@ -195,6 +195,17 @@ def _cmd_bench(args) -> int:
                 f"{label}: {r['transitions_per_s']:.0f} transitions/s "
                 f"({result['batches']} batches of {result['batch_size']} in {r['seconds']:.2f} s)"
             )
+        from neverstop.benchmarks import train_bench
+        from neverstop.trainers.config import TrainConfig
+
+        config = TrainConfig()
+        steps_per_s = train_bench.trainer_steps_per_s(config)
+        need = steps_per_s * config.batch_size
+        print(
+            f"trainer consumption (default config, late merge, batch {config.batch_size}): "
+            f"{steps_per_s:.1f} steps/s = {need:.0f} transitions/s; our augmented stream "
+            f"delivers {result['ours_augmented']['transitions_per_s'] / need:.1f}x that"
+        )
         print(f"RESULT mix_speed_ratio {result['ratio']:.2f}")
         return 0
     if args.stage == "train":
@@ -259,12 +270,13 @@ def _cmd_eval(args) -> int:
     from neverstop.trainers import evaluate
 
     with _progress_bar(args.episodes, f"eval {args.task}") as bar:
-        successes = [0]
+        counts = [0, 0]  # done, successes (a disabled bar does not count)
 
         def tick(success: bool):
-            successes[0] += int(success)
+            counts[0] += 1
+            counts[1] += int(success)
             bar.update(1)
-            bar.set_postfix(success=f"{successes[0] / bar.n:.0%}")
+            bar.set_postfix(success=f"{counts[1] / counts[0]:.0%}")
 
         result = evaluate.evaluate(
             args.checkpoint,

@@ -314,7 +314,58 @@ def test_bench_mix_defaults_and_prints_the_result_last(monkeypatch, capsys):
             "ratio": 2.5,
         }
 
+    from neverstop.benchmarks import train_bench
+
     monkeypatch.setattr(mix_bench, "run_generated", fake_run_generated)
+    monkeypatch.setattr(train_bench, "trainer_steps_per_s", lambda config: 0.125)
     assert cli.main(["bench", "mix"]) == 0
     assert seen == {"base": 2000, "target": 200}
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "RESULT mix_speed_ratio 2.50"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "0.1 steps/s = 8 transitions/s; our augmented stream delivers 1.2x that" in lines[-2]
+    assert lines[-1] == "RESULT mix_speed_ratio 2.50"
+
+
+def test_bench_train_prints_the_late_merge_fraction_last(monkeypatch, capsys):
+    from neverstop.benchmarks import train_bench
+
+    seen = {}
+
+    def fake_run(steps):
+        seen["steps"] = steps
+        return {"late": 0.4567, "qtopt": 0.9}
+
+    monkeypatch.setattr(train_bench, "run", fake_run)
+    assert cli.main(["bench", "train"]) == 0
+    assert seen == {"steps": 40}
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "RESULT train_flops_fraction 0.46"
+
+
+def test_eval_prints_the_rate_and_interval_and_writes_json(monkeypatch, capsys, tmp_path):
+    from neverstop.trainers import evaluate
+
+    def fake_evaluate(checkpoint, task, episodes, workers, seed, object_split, renderer, progress):
+        for ok in (True, False, True):  # a disabled (non-tty) bar must not break the count
+            progress(ok)
+        return {
+            "policy": "qtopt:run/ckpt-5",
+            "successes": 2,
+            "episodes": 3,
+            "success_rate": 2 / 3,
+            "interval_95": [0.2, 0.94],
+            "seconds": 1.0,
+        }
+
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    out = tmp_path / "e.json"
+    assert cli.main(["eval", "--checkpoint", "x", "--episodes", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2/3 = 66.7%, 95% interval [20.0%, 94.0%]" in text
+    assert json.loads(out.read_text())["successes"] == 2
+
+
+def test_train_reports_bad_input_as_an_error_line(capsys, tmp_path):
+    code = cli.main(
+        ["train", "--mixture", "base:train:0:5", "--data-dir", str(tmp_path), "--run-dir", "r"]
+    )
+    assert code == 2
+    assert "neverstop train: error:" in capsys.readouterr().err

@@ -26,9 +26,7 @@ def main():
                 time.sleep(1)
 
     config = tiny_config(steps=steps, checkpoint_every=50, log_every=25)
-    run.train(
-        config, BASE, data_dir, run_dir, progress=False, deterministic=True, callbacks=[hang]
-    )
+    run.train(config, BASE, data_dir, run_dir, progress=False, deterministic=True, callbacks=[hang])
     print(run.checkpoint_digest(checkpoints.locate(run_dir).prefix))
 
 

@@ -289,9 +289,11 @@ def test_an_incompatible_checkpoint_is_refused_before_anything_is_written(
         run.train(other, BASE, data_dir, run_dir, init=parent_dir, progress=False)
     assert "tower_filters" in str(e.value) and "ckpt-20" in str(e.value)
     assert not os.path.exists(os.path.join(run_dir, "config.json"))
-    assert not any(f.endswith(".index") for f in os.listdir(run_dir)) if os.path.exists(
-        run_dir
-    ) else True
+    assert (
+        not any(f.endswith(".index") for f in os.listdir(run_dir))
+        if os.path.exists(run_dir)
+        else True
+    )
     # Resuming a run dir with a different config is refused too, and changes nothing.
     before = sorted(os.listdir(parent_dir))
     with pytest.raises(ConfigError, match="different config.*gamma"):
@@ -323,3 +325,19 @@ def test_mode_flags_are_checked(data_dir, tmp_path):
         tiny_config(mode="imagenette")
     with pytest.raises(ConfigError, match="unknown config keys \\['gama'\\]"):
         TrainConfig.from_dict({"gama": 0.9})
+
+
+def test_bench_train_counts_flops_from_the_layers():
+    from neverstop.benchmarks import train_bench
+
+    config = tiny_config(batch_size=4)
+    flops = train_bench.step_flops(config)
+    # conv0: 16x16 out, 8x8x3 kernel, 8 filters; conv1: 8x8 out, 4x4x8, 16 filters;
+    # embed: 1024 -> 32. Head: (32 + 2 + 5) -> 16 -> 1.
+    conv0 = 2 * 16 * 16 * 8 * 8 * 3 * 8
+    tower = conv0 + 2 * 8 * 8 * 4 * 4 * 8 * 16 + 2 * 1024 * 32
+    head = 2 * 39 * 16 + 2 * 16
+    assert (flops["tower"], flops["head"]) == (tower, head)
+    per_example = 3 * (tower + head) - conv0 + 2 * tower + 2 * 8 * head + head
+    assert flops["per_example"] == per_example
+    assert flops["per_step"] == 4 * per_example
