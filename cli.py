@@ -184,10 +184,15 @@ def _cmd_bench(args) -> int:
         print(f"  building datasets: {episodes} base and {target} target episodes", flush=True)
         result = mix_bench.run_generated(episodes, target)
         print(f"mixture: {', '.join(f'{n} ({e} episodes)' for n, e in result['sources'])}, 50/50")
-        print(f"our table of both sources built in {result['table_seconds']:.2f} s")
+        print(
+            f"our start-up: table of both sources parsed in {result['table_seconds']:.2f} s, "
+            f"its images decoded once in {result['decode_seconds']:.2f} s "
+            f"({result['decoded_mb']:.0f} MiB)"
+        )
         for side, label in (
             ("ours", "neverstop stream, no augmentation"),
             ("ours_augmented", "neverstop stream, augmented (shift + jitter)"),
+            ("ours_decode_sampled", "neverstop stream, decoding sampled images only (no cache)"),
             ("peer", "naive: tfds.load, decode whole episodes, sample_from_datasets"),
         ):
             r = result[side]

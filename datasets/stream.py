@@ -7,10 +7,14 @@
     mixed:       sample_from_datasets(weights) -> batch -> gather the batch's
                  transitions -> decode images -> augment (optional) -> prefetch
 
+When the decoded images fit in `decoded_cache_mb` (4 GiB by default: a
+9,000-episode base dataset takes 750 MB), every image is decoded once when
+the stream is made, and gather returns decoded images; otherwise only the
+sampled transitions' images are decoded, a batch at a time.
+
 Only transition indices (one int64 each) travel through the shuffles and the
 weighted interleave: tf.data's per-element cost, not the work, limits a
-stream of whole transitions here (measured in docs/mixing.md). Only sampled
-transitions have their images decoded, a batch at a time. Every random
+stream of whole transitions here (measured in docs/mixing.md). Every random
 choice (shuffles, the weighted draw, augmentation) is seeded, so the same
 seed and mixture give the same stream; parallel maps are autotuned and keep
 order.
@@ -36,11 +40,16 @@ class StreamConfig:
     brightness: float = 0.1
     contrast: float = 0.2
     decode: bool = True  # False: images stay encoded bytes (inspection, tests)
+    # Decode every image once, up front, when the decoded images fit in this
+    # many MiB; otherwise (or with 0) decode the sampled ones, batch by batch.
+    decoded_cache_mb: int = 4096
 
     def __post_init__(self):
         for name in ("batch_size", "episode_shuffle", "step_shuffle"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.decoded_cache_mb < 0:
+            raise ValueError(f"decoded_cache_mb must be >= 0, got {self.decoded_cache_mb}")
         if self.augment and not self.decode:
             raise ValueError("augment needs decoded images (decode=True)")
 
@@ -99,6 +108,8 @@ def make_stream(
     config = config or StreamConfig()
     resolved = resolved if resolved is not None else mixture.resolve(data_dir)
     table = table if table is not None else load_table(resolved)
+    if config.decode and tr.decoded_bytes(table) <= config.decoded_cache_mb * 2**20:
+        table = tr.decode_table(table)
     streams = [source_indices(table, i, config) for i in range(len(resolved))]
     if len(streams) == 1:
         mixed = streams[0]
@@ -109,7 +120,7 @@ def make_stream(
     batches = mixed.batch(config.batch_size, drop_remainder=True).map(
         tr.gather(table), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    if config.decode:
+    if config.decode and not tr.is_decoded(table):
         batches = batches.map(
             tr.decode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )

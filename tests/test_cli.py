@@ -306,6 +306,9 @@ def test_bench_mix_defaults_and_prints_the_result_last(monkeypatch, capsys):
         return {
             "ours": side,
             "ours_augmented": side,
+            "ours_decode_sampled": side,
+            "decode_seconds": 0.2,
+            "decoded_mb": 10.0,
             "peer": dict(side, transitions_per_s=4.0),
             "batches": 1,
             "batch_size": 64,

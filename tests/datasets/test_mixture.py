@@ -314,8 +314,33 @@ def test_tiny_mix_bench_measures_both_streams(data_dir):
 
     m = mixture_lib.Mixture.parse("base:train:0.5,checkerboard:train:0.5")
     result = mix_bench.run(m, data_dir, batches=4, warmup=1, batch_size=8)
-    for side in ("ours", "ours_augmented", "peer"):
+    assert result["decoded_mb"] == pytest.approx(
+        (sum(_steps(i) for i in BASE) + sum(_steps(i) for i in TARGET)) * 64 * 64 * 3 / 2**20
+    )
+    for side in ("ours", "ours_augmented", "ours_decode_sampled", "peer"):
         assert result[side]["transitions_per_s"] == pytest.approx(4 * 8 / result[side]["seconds"])
     assert (
         result["ratio"] == result["ours"]["transitions_per_s"] / result["peer"]["transitions_per_s"]
     )
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_decoding_once_up_front_gives_the_same_stream_as_decoding_sampled_images(data_dir, augment):
+    m = mixture_lib.Mixture.parse("base:train:0.5,checkerboard:train:0.5")
+    cached, sampled = (
+        _take(
+            stream.make_stream(
+                m,
+                data_dir,
+                stream.StreamConfig(batch_size=16, seed=3, augment=augment, decoded_cache_mb=mb),
+            ),
+            5,
+        )
+        for mb in (4096, 0)
+    )
+    for a, b in zip(cached, sampled):
+        for key in (tr.OBSERVATION, tr.NEXT_OBSERVATION):
+            np.testing.assert_array_equal(a[key][schema.IMAGE], b[key][schema.IMAGE])
+        np.testing.assert_array_equal(a[tr.EPISODE_ID], b[tr.EPISODE_ID])
+    with pytest.raises(ValueError, match="decoded_cache_mb must be >= 0"):
+        stream.StreamConfig(decoded_cache_mb=-1)
