@@ -17,7 +17,7 @@ from neverstop.version import __version__
 
 # Spelled here, not imported, so that --help does not load pybullet; a test
 # checks it equals neverstop.envs.policies.POLICY_NAMES.
-POLICY_NAMES = ("scripted", "random")
+POLICY_NAMES = ("scripted", "random", "random_grasp")
 RENDERERS = ("tiny", "egl", "auto")
 
 EPILOG = """examples:

@@ -46,6 +46,36 @@ class RandomPolicy:
         return action
 
 
+class RandomGraspPolicy:
+    """QT-Opt's bootstrap exploration: wander, descend, close near the floor.
+
+    Random lateral moves (uniform in [-lateral, lateral]) and yaw while
+    descending at a random rate, then a close once the tool is below a random
+    height (1-4 cm). It knows nothing of the objects, so where it closes is
+    random; that is the point: its grasps show what a closing at each place
+    yields, the evidence a Q-function needs to learn where to grasp (a
+    privileged grasper only ever closes where an object is).
+    """
+
+    name = "random_grasp"
+
+    def __init__(self, lateral: float = 0.6):
+        self.lateral = lateral
+        self._close_below = 0.02
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._close_below = float(rng.uniform(0.01, 0.04))
+
+    def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
+        action = np.zeros(schema.ACTION_DIM, np.float32)
+        action[:2] = rng.uniform(-self.lateral, self.lateral, 2)
+        action[2] = rng.uniform(-1.0, -0.3)
+        action[3] = rng.uniform(-0.5, 0.5)
+        low = float(observation[schema.HEIGHT_TO_BOTTOM]) < self._close_below
+        action[4] = 1.0 if low else -1.0
+        return action
+
+
 class ScriptedGrasper:
     """A noisy privileged grasper, the kind QT-Opt bootstrapped its data with.
 
@@ -156,7 +186,7 @@ class EpsilonGreedy:
         return actor(observation, rng)
 
 
-POLICY_NAMES = ("random", "scripted")
+POLICY_NAMES = ("random", "scripted", "random_grasp")
 
 
 def make_policy(name: str, env: "grasp_env_lib.GraspEnv", epsilon: float = 0.0) -> Policy:
@@ -167,6 +197,7 @@ def make_policy(name: str, env: "grasp_env_lib.GraspEnv", epsilon: float = 0.0) 
     factories: Dict[str, Callable[[], Policy]] = {
         "random": RandomPolicy,
         "scripted": lambda: ScriptedGrasper(env),
+        "random_grasp": RandomGraspPolicy,
     }
     if name not in factories:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")

@@ -51,7 +51,7 @@ def test_make_policy_builds_named_policies(env):
 
 
 def test_make_policy_rejects_unknown_names(env):
-    with pytest.raises(ValueError, match="unknown policy 'nope'; expected one of random, scripted"):
+    with pytest.raises(ValueError, match="unknown policy 'nope'; expected one of random, scripted, random_grasp"):
         policies.make_policy("nope", env)
 
 
@@ -64,6 +64,23 @@ def test_scripted_grasper_closes_before_the_forced_last_step(env):
             early += 1
     # Measured: all 10 episodes close on their 5th to 7th step.
     assert early >= 8
+
+
+def test_random_grasp_descends_and_closes_near_the_floor_where_it_wandered(env):
+    closing_heights, xs = [], []
+    for seed in range(8):
+        observations, actions, _, _ = policies.run_episode(
+            env, policies.make_policy("random_grasp", env), seed
+        )
+        actions = np.stack(actions)
+        assert np.all(np.abs(actions) <= 1) and np.all(actions[:, 2] <= -0.3)
+        assert np.all(actions[:-1, 4] < 0) and actions[-1, 4] > 0 or len(actions) == 10
+        closing_heights.append(float(observations[-2][schema.HEIGHT_TO_BOTTOM]))
+        xs.append(actions[:, 0].sum())
+    # It closes low (below its 1-4 cm threshold, or at the forced last step)...
+    assert max(closing_heights) < 0.06
+    # ... somewhere different each episode.
+    assert np.std(xs) > 0.3
 
 
 def test_run_episode_returns_one_more_observation_than_actions(env):
