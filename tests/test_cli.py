@@ -350,7 +350,7 @@ def test_eval_prints_the_rate_and_interval_and_writes_json(monkeypatch, capsys, 
         for ok in (True, False, True):  # a disabled (non-tty) bar must not break the count
             progress(ok)
         return {
-            "policy": "qtopt:run/ckpt-5",
+            "policy": "qtopt:run.ckpt-5",
             "successes": 2,
             "episodes": 3,
             "success_rate": 2 / 3,

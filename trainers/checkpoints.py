@@ -29,8 +29,9 @@ class CheckpointRef:
 
     @property
     def id(self) -> str:
-        """Short, stable label: `<run name>/ckpt-<step>` (dataset policy names carry it)."""
-        return f"{os.path.basename(os.path.normpath(self.run_dir))}/ckpt-{self.step}"
+        """Short, stable label `<run name>.ckpt-<step>`; policy names carry it
+        (`qtopt:<id>`), so it keeps to the characters collection labels allow."""
+        return f"{os.path.basename(os.path.normpath(self.run_dir))}.ckpt-{self.step}"
 
 
 def locate(path: str) -> CheckpointRef:

@@ -205,7 +205,9 @@ def train(
 
     learner = QTOpt(config)
     parent = vision_record = None
-    if not resuming:
+    restoring = resuming and tf.train.latest_checkpoint(run_dir) is not None
+    if not restoring:
+        # A fresh run, or one killed before its first checkpoint: start as asked.
         parent, vision_record = initialise(learner, config, init, vision_weights)
 
     stream_config = stream_lib.StreamConfig(
@@ -221,7 +223,7 @@ def train(
         checkpoint_name="ckpt",
         step_counter=learner.step,
     )
-    if resuming and manager.latest_checkpoint:
+    if restoring:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
         logging.info("resumed %s at step %d", run_dir, int(learner.step))
     elif resuming:
@@ -336,7 +338,9 @@ def checkpoint_digest(prefix: str) -> str:
             continue
         value = reader.get_tensor(name)
         h.update(name.encode())
-        h.update(np.ascontiguousarray(value).tobytes() if hasattr(value, "tobytes") else bytes(value))
+        h.update(
+            np.ascontiguousarray(value).tobytes() if hasattr(value, "tobytes") else bytes(value)
+        )
     return h.hexdigest()
 
 

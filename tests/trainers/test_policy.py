@@ -34,7 +34,7 @@ def test_eval_in_parallel_processes_matches_acting_in_this_one(trained, tmp_path
     saved = json.load(open(out))
     assert saved["episodes"] == 4 and saved["task"] == "base"
     assert saved["object_split"] == "eval"
-    assert saved["checkpoint"] == "run/ckpt-20"
+    assert saved["checkpoint"] == "run.ckpt-20"
     low, high = saved["interval_95"]
     assert 0 <= low <= saved["success_rate"] <= high <= 1
     # The same seeds acted here, in one process, give the same outcomes.
@@ -48,10 +48,15 @@ def test_eval_in_parallel_processes_matches_acting_in_this_one(trained, tmp_path
     assert (saved["successes"], saved["steps"]) == (successes, steps)
 
 
-def test_the_policy_is_named_after_its_checkpoint_and_wraps_in_epsilon_greedy(trained):
+def test_the_policy_is_named_after_its_checkpoint_and_wraps_in_epsilon_greedy(trained, tmp_path):
     _, run_dir = trained
     policy = policy_lib.from_checkpoint(run_dir, epsilon=0.2)
-    assert policy.name == "qtopt:run/ckpt-20@eps=0.2"
+    assert policy.name == "qtopt:run.ckpt-20@eps=0.2"
+    # The name is a valid collection label, so the collector can record it.
+    label = collect.validate_config(
+        collect.CollectConfig(policy=policy.name, out=str(tmp_path)), named_policy=False
+    )
+    assert label.policy == policy.name
     action = policy(
         {
             schema.IMAGE: np.zeros(schema.IMAGE_SHAPE, np.uint8),
@@ -94,7 +99,7 @@ def test_the_exported_savedmodel_acts_in_a_fresh_process(trained, tmp_path):
     _, run_dir = trained
     out = str(tmp_path / "exported")
     info = export.export(run_dir, out)
-    assert info["checkpoint"] == "run/ckpt-20"
+    assert info["checkpoint"] == "run.ckpt-20"
     assert json.load(open(os.path.join(out, "policy.json")))["merge"] == "late"
     proc = subprocess.run(
         [sys.executable, "-c", _FRESH, out], capture_output=True, text=True, timeout=300

@@ -214,7 +214,7 @@ def test_finetune_starts_from_the_parent_at_a_quarter_of_the_learning_rate(
     run_dir = str(tmp_path / "ft")
     run.train(config, mixture, data_dir, run_dir, init=parent_dir, progress=False)
     lineage = checkpoints.read_json(os.path.join(run_dir, "lineage.json"))
-    assert lineage["parent_checkpoint"]["id"] == f"{os.path.basename(parent_dir)}/ckpt-20"
+    assert lineage["parent_checkpoint"]["id"] == f"{os.path.basename(parent_dir)}.ckpt-20"
     assert [d["dataset"] for d in lineage["datasets"]] == [
         "grasps/base:1.0.0",
         "grasps/checkerboard:1.0.0",
@@ -341,3 +341,27 @@ def test_bench_train_counts_flops_from_the_layers():
     per_example = 3 * (tower + head) - conv0 + 2 * tower + 2 * 8 * head + head
     assert flops["per_example"] == per_example
     assert flops["per_step"] == 4 * per_example
+
+
+def test_a_finetune_killed_before_its_first_checkpoint_restarts_from_its_parent(
+    base_run, data_dir, tmp_path
+):
+    parent_dir, _ = base_run
+    config = tiny_config(mode="finetune", steps=3)
+
+    def fail_first(batch):
+        raise KeyboardInterrupt  # killed before anything was saved
+
+    crashed = str(tmp_path / "crashed")
+    with pytest.raises(KeyboardInterrupt):
+        run.train(
+            config, BASE, data_dir, crashed, init=parent_dir, progress=False, batch_hook=fail_first
+        )
+    assert os.path.exists(os.path.join(crashed, "config.json"))
+    assert not any(f.endswith(".index") for f in os.listdir(crashed))
+    run.train(config, BASE, data_dir, crashed, init=parent_dir, progress=False, deterministic=True)
+    fresh = str(tmp_path / "fresh")
+    run.train(config, BASE, data_dir, fresh, init=parent_dir, progress=False, deterministic=True)
+    assert run.checkpoint_digest(os.path.join(crashed, "ckpt-3")) == run.checkpoint_digest(
+        os.path.join(fresh, "ckpt-3")
+    )
