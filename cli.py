@@ -12,8 +12,12 @@ import os
 import sys
 from typing import List, Optional
 
-from neverstop import schema
-from neverstop.version import __version__
+# TensorFlow's C++ start-up notes (CPU features, missing CUDA/TensorRT) are
+# not the user's business; set before any command imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from neverstop import schema  # noqa: E402
+from neverstop.version import __version__  # noqa: E402
 
 # Spelled here, not imported, so that --help does not load pybullet; a test
 # checks it equals neverstop.envs.policies.POLICY_NAMES.
