@@ -156,7 +156,11 @@ def write_dataset_info(
         module_name="",
         config_name=dataset.config,
         config_description=f"episodes of the {dataset.config!r} task",
-        release_notes=dict(release_notes or DEFAULT_RELEASE_NOTES),
+        # The card's notes are keyed by the version being written (a 1.2.0
+        # card must not describe itself as 1.0.0).
+        release_notes=dict(
+            release_notes or {dataset.version: DEFAULT_RELEASE_NOTES[DEFAULT_VERSION]}
+        ),
     )
     metadata = tfds.core.MetadataDict()
     metadata["statistics"] = statistics.as_dict()

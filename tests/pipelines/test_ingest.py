@@ -157,6 +157,10 @@ def test_card_has_statistics_and_release_notes(raw, tmp_path):
     assert info["releaseNotes"] == rlds_grasp.DEFAULT_RELEASE_NOTES
     assert "Never Stop Learning" in info["citation"]
     assert info["configName"] == "base"
+    # Another version's card speaks of that version.
+    later = _run(_config(raw, tmp_path / "data", version="1.2.0"))
+    with open(os.path.join(later.path, "dataset_info.json")) as f:
+        assert json.load(f)["releaseNotes"] == {"1.2.0": "Initial ingestion."}
 
 
 def test_planted_faults_land_in_the_dead_letter_and_good_episodes_land(raw, tmp_path):
