@@ -2,7 +2,9 @@
 
 For each of B states: sample N actions from a diagonal Gaussian (clipped to
 [-1, 1]), score them, refit the Gaussian to the E best, repeat; return the
-best action seen in the last iteration and its score. The first sample of
+best action seen in the last iteration and its score (`select="best"`, the
+default), or the final elites' mean and its score (`select="mean"`, which
+averages out a noisy Q's accidental maxima; docs/trainer.md). The first sample of
 every iteration is the current mean, so the answer never gets worse than
 the distribution's centre. All randomness is stateless from `seed` ([2]
 int), so a seed gives the same actions on any run.
@@ -50,6 +52,9 @@ def maximize(
         std = tf.maximum(tf.sqrt(variance), _MIN_STD)
         best = elites[:, 0, :]
         best_score = top.values[:, 0]
+    if config.select == "mean":
+        best = tf.clip_by_value(mean, schema.ACTION_MIN, schema.ACTION_MAX)
+        best_score = score_fn(best[:, None, :])[:, 0]
     return best, best_score
 
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 MODES = ("pretrain", "finetune", "scratch", "imagenet")
 MERGES = ("late", "qtopt")
+CEM_SELECT = ("best", "mean")
 # Fields that change the network's variables: a checkpoint can only be
 # restored into a network built with the same values.
 ARCHITECTURE_FIELDS = ("merge", "tower_filters", "head_units", "qtopt_convs", "image_size")
@@ -30,6 +31,7 @@ class CEMConfig:
     elites: int = 6
     iterations: int = 2
     initial_std: float = 0.5
+    select: str = "best"  # "best": the best sample of the last iteration; "mean": the elites' mean
 
     def __post_init__(self):
         if self.samples < 2 or not 1 <= self.elites <= self.samples:
@@ -41,6 +43,10 @@ class CEMConfig:
             raise ConfigError(f"CEM iterations must be >= 1, got {self.iterations}")
         if not self.initial_std > 0:
             raise ConfigError(f"CEM initial_std must be > 0, got {self.initial_std}")
+        if self.select not in CEM_SELECT:
+            raise ConfigError(
+                f"CEM select must be one of {', '.join(CEM_SELECT)}, got {self.select!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,15 @@ def test_cem_finds_the_maximiser_of_a_concave_function():
     again, _ = cem.maximize(score, 3, tf.constant([4, 2]), CEMConfig())
     np.testing.assert_array_equal(best2.numpy(), again.numpy())
     assert np.all(np.abs(best2.numpy()) <= 1.0)
+    # select="mean" returns the final elites' mean, also near the maximiser, with its score.
+    mean, mean_value = cem.maximize(
+        score, 3, tf.constant([4, 2]), CEMConfig(iterations=8, select="mean")
+    )
+    assert np.abs(mean.numpy() - optimum.numpy()).max() < 0.05
+    assert not np.array_equal(mean.numpy(), best.numpy())
+    np.testing.assert_allclose(mean_value.numpy(), score(mean[:, None, :]).numpy()[:, 0], rtol=1e-5)
+    with pytest.raises(ConfigError, match="select must be one of best, mean"):
+        CEMConfig(select="median")
 
 
 class _ConstantQ:
