@@ -49,6 +49,23 @@ def _progress_bar(total: int, desc: str, stream=None):
 
 
 @contextlib.contextmanager
+def _success_bar(total: int, desc: str, stream=None):
+    """A progress bar over episodes showing the running success rate; yields
+    `tick(success, n=1)`, to call as episodes finish."""
+    counts = {"episodes": 0, "successes": 0}
+    with _progress_bar(total, desc, stream) as bar:
+
+        def tick(success: bool, n: int = 1):
+            # Count here: a disabled tqdm (no terminal) does not advance bar.n.
+            counts["episodes"] += n
+            counts["successes"] += int(success)
+            bar.update(n)
+            bar.set_postfix(success=f"{counts['successes'] / counts['episodes']:.0%}")
+
+        yield tick
+
+
+@contextlib.contextmanager
 def _worker_output_to(log_path: Optional[str]):
     """Sends file descriptor 2, which local Beam worker processes inherit and
     fill with their start-up logs, to `log_path` while a pipeline runs;
@@ -88,16 +105,7 @@ def _cmd_rollout(args) -> int:
     from neverstop.envs import grasp_env, rollout
 
     config = grasp_env.EnvConfig(renderer=args.renderer)
-    with _progress_bar(args.episodes, f"{args.policy} on {args.task}") as bar:
-        counts = {"episodes": 0, "successes": 0}
-
-        def tick(success: bool):
-            # Count here: a disabled tqdm (no terminal) does not advance bar.n.
-            counts["episodes"] += 1
-            counts["successes"] += int(success)
-            bar.update(1)
-            bar.set_postfix(success=f"{counts['successes'] / counts['episodes']:.0%}")
-
+    with _success_bar(args.episodes, f"{args.policy} on {args.task}") as tick:
         result = rollout.rollout(
             args.task,
             args.policy,
@@ -278,15 +286,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from neverstop.trainers import evaluate
 
-    with _progress_bar(args.episodes, f"eval {args.task}") as bar:
-        counts = [0, 0]  # done, successes (a disabled bar does not count)
-
-        def tick(success: bool):
-            counts[0] += 1
-            counts[1] += int(success)
-            bar.update(1)
-            bar.set_postfix(success=f"{counts[1] / counts[0]:.0%}")
-
+    with _success_bar(args.episodes, f"eval {args.task}") as tick:
         result = evaluate.evaluate(
             args.checkpoint,
             args.task,
@@ -358,19 +358,13 @@ def _cmd_collect(args) -> int:
     )
     collect.validate_config(config)  # fail fast, before the bar and the workers
     beam_args = _beam_args(args)
-    counts = {"episodes": 0, "successes": 0}
     log_path = None if args.verbose else os.path.join(args.out, "_logs", "collect.log")
     with _worker_output_to(log_path) as terminal:
-        bar = _progress_bar(args.episodes, f"collect {args.task}/{args.policy}", terminal)
-
-        def tick(n: int, success: bool):
-            counts["episodes"] += n
-            counts["successes"] += int(success)
-            bar.update(n)
-            bar.set_postfix(success=f"{counts['successes'] / counts['episodes']:.0%}")
-
-        with bar:
-            summary = collect.collect(config, beam_args, progress=tick)
+        desc = f"collect {args.task}/{args.policy}"
+        with _success_bar(args.episodes, desc, terminal) as tick:
+            summary = collect.collect(
+                config, beam_args, progress=lambda n, success: tick(success, n)
+            )
     print(
         f"{summary.out}: {summary.written} episodes written, {summary.already_present} already "
         f"there, {summary.successes} successes among the new ones; "

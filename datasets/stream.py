@@ -1,7 +1,7 @@
 """The trainer's input: a mixture -> a deterministic stream of transition batches.
 
     once:        each source's split slice (TFRecord shards) -> parsed in
-                 batches into an in-memory Table (images stay encoded)
+                 batches into an in-memory Table (images encoded; see below)
     per source:  episode indices -> shuffle -> repeat -> their transition
                  indices -> shuffle (step level)
     mixed:       sample_from_datasets(weights) -> batch -> gather the batch's
@@ -152,7 +152,9 @@ def inspect(
     import numpy as np
     from PIL import Image
 
-    config = config or StreamConfig()
+    # A few batches are looked at: decode only their images, not the whole table
+    # (the two modes give identical batches).
+    config = dataclasses.replace(config or StreamConfig(), decoded_cache_mb=0)
     resolved = mixture.resolve(data_dir)
     table = load_table(resolved)
     batches = make_stream(mixture, data_dir, config, resolved, table)

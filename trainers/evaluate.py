@@ -7,7 +7,6 @@ number of workers. The result is JSON: success rate and its Wilson 95%
 interval, with what was evaluated.
 """
 
-import json
 import multiprocessing
 import os
 import time
@@ -94,9 +93,6 @@ def evaluate(
 
 
 def write_result(result: dict, out: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, out)
+    from neverstop.trainers import checkpoints
+
+    checkpoints.write_json(out, result)

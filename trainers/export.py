@@ -10,7 +10,6 @@ needs only TensorFlow: no neverstop code (tested in a fresh process).
 signature.
 """
 
-import json
 import os
 
 import tensorflow as tf
@@ -65,7 +64,5 @@ def export(checkpoint: str, out: str, seed: int = 0) -> dict:
             "outputs": {"action": "float32 [B, 5] in [-1, 1]: dx, dy, dz, dyaw, close"},
         },
     }
-    with open(os.path.join(out, "policy.json"), "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-        f.write("\n")
+    checkpoints.write_json(os.path.join(out, "policy.json"), info)
     return info

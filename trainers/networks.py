@@ -133,14 +133,12 @@ def _layer_flops(layer: tf.keras.layers.Layer) -> int:
 
 
 def layer_flops(model: tf.keras.Model) -> Dict[str, int]:
-    """FLOPs of each conv/dense layer for one example's forward pass."""
-    return {layer.name: _layer_flops(layer) for layer in model.layers if _layer_flops(layer)}
+    """FLOPs of each conv/dense layer for one example's forward pass, in layer order."""
+    flops = {layer.name: _layer_flops(layer) for layer in model.layers}
+    return {name: n for name, n in flops.items() if n}
 
 
 def first_layer_flops(model: tf.keras.Model) -> int:
     """The first weighted layer's FLOPs: its input gradient is never needed
     when its input is data, so backward skips that half for it."""
-    for layer in model.layers:
-        if _layer_flops(layer):
-            return _layer_flops(layer)
-    return 0
+    return next(iter(layer_flops(model).values()), 0)

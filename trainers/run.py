@@ -61,14 +61,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def check_network_input(config: TrainConfig) -> None:
     """The datasets' images (the schema's) must be what the network eats."""
     expected = schema.IMAGE_SHAPE
@@ -230,13 +222,13 @@ def train(
         logging.info("%s: config present but no checkpoint yet; starting at step 0", run_dir)
     if not resuming:
         os.makedirs(run_dir, exist_ok=True)
-        _write_json(
+        checkpoints.write_json(
             os.path.join(run_dir, checkpoints.LINEAGE_FILE),
             lineage_record(config, mixture, resolved, parent, vision_record),
         )
-        _write_json(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
+        checkpoints.write_json(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
     elif config.steps != checkpoints.read_config(run_dir).steps:
-        _write_json(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
+        checkpoints.write_json(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
 
     start_step = int(learner.step)
     metrics_path = os.path.join(run_dir, checkpoints.METRICS_FILE)
@@ -341,14 +333,4 @@ def checkpoint_digest(prefix: str) -> str:
         h.update(
             np.ascontiguousarray(value).tobytes() if hasattr(value, "tobytes") else bytes(value)
         )
-    return h.hexdigest()
-
-
-def weights_digest(network) -> str:
-    """A hash of a network's weights (to compare runs bit for bit)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for w in network.get_numpy():
-        h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()

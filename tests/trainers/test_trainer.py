@@ -1,6 +1,5 @@
 """Tests for neverstop/trainers: CEM, the Bellman target, runs, resume, bad input."""
 
-import json
 import os
 import signal
 import subprocess
