@@ -26,6 +26,7 @@ RENDERERS = ("tiny", "egl", "auto")
 
 EPILOG = """examples:
   neverstop quickstart
+  neverstop experiment paper --scale smoke --run-dir runs/paper-smoke
   neverstop render --task checkerboard --seed 3 --out checkerboard.png --scale 4
   neverstop rollout --task base --policy scripted --episodes 200
   neverstop collect --task base --policy scripted --episodes 100 --out raw/base --workers 2
@@ -503,17 +504,82 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
+class _StepPrinter:
+    """Prints one line per workflow step start and finish, with the time since
+    the command started; finished steps of an earlier run are summed up in
+    one line."""
+
+    def __init__(self, stream=None):
+        import time
+
+        self._time = time.perf_counter
+        self.start = self._time()
+        self.stream = stream or sys.stdout
+        self.skipped = 0
+        self.reported_skips = False
+
+    def __call__(self, event: dict) -> None:
+        kind, step = event["event"], event["step"]
+        if kind == "skip":
+            self.skipped += 1
+            return
+        if self.skipped and not self.reported_skips:
+            print(f"  resuming: {self.skipped} steps already done, skipped", file=self.stream)
+        self.reported_skips = True
+        elapsed = self._time() - self.start
+        stamp = f"[{int(elapsed) // 60:3d}:{int(elapsed) % 60:02d}]"
+        if kind == "start":
+            line = f"{stamp} start  {step}"
+        elif kind == "done":
+            line = f"{stamp} done   {step} ({event['seconds']:.1f} s)"
+        else:
+            line = f"{stamp} FAILED {step} ({event.get('reason', '')})"
+        print(line, file=self.stream, flush=True)
+
+    def finish(self) -> None:
+        if self.skipped and not self.reported_skips:
+            print(f"  all {self.skipped} steps were already done", file=self.stream)
+
+
+def _run_workflow(run, run_dir: str, what: str) -> int:
+    from neverstop.workflows import dag
+
+    printer = _StepPrinter()
+    print(f"{what} in {run_dir} (step logs in {os.path.join(run_dir, dag.LOG_DIR)}/)", flush=True)
+    try:
+        report = run(printer)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    printer.finish()
+    elapsed = printer._time() - printer.start
+    print(f"done in {int(elapsed) // 60} min {int(elapsed) % 60} s; report: {report}")
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from neverstop.workflows import quickstart
 
-    config = quickstart.QuickstartConfig(
-        data_dir=args.data_dir, episodes=args.episodes, workers=args.workers
+    config = quickstart.QuickstartConfig(data_dir=args.data_dir, workers=args.workers)
+    return _run_workflow(
+        lambda progress: quickstart.run(config, progress=progress),
+        quickstart.run_dir(config),
+        "quickstart: the paper's chain, tiny",
     )
-    log_path = None if args.verbose else os.path.join(args.data_dir, "quickstart", "workers.log")
-    with _worker_output_to(log_path):
-        report = quickstart.run(config, progress=lambda msg: print(f"  {msg}", flush=True))
-    print(f"quickstart done; report: {report}")
-    return 0
+
+
+def _cmd_experiment(args) -> int:
+    from neverstop.workflows import paper
+
+    scale = paper.get_scale(args.scale)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    return _run_workflow(
+        lambda progress: paper.run(scale, args.run_dir, workers=args.workers, progress=progress),
+        args.run_dir,
+        f"experiment paper, scale {scale.name}: {len(paper.build_steps(scale))} steps, "
+        f"{args.workers} at a time,",
+    )
 
 
 def _cmd_tasks(args) -> int:
@@ -564,19 +630,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "quickstart",
-        help="a few-minute tour on local defaults",
-        description="Renders the six tasks, measures the data-collection policies and "
-        "collects 40 base episodes with the Beam collector; writes a Markdown report under "
-        "--data-dir.",
+        help="the paper's chain, tiny: collect, pre-train, fine-tune, evaluate (~5 min)",
+        description="A tiny instance of `neverstop experiment paper`: 300 base episodes "
+        "(scripted and random, Beam collector), ingested as an RLDS dataset; a short QT-Opt "
+        "pre-training; 100 checkerboard grasps collected by the base policy with exploration "
+        "noise; one fine-tune on 50/50 base/checkerboard data; the base and fine-tuned "
+        "policies evaluated on checkerboard (held-out objects); a table and a plot in "
+        "DATA_DIR/quickstart/report/. Re-running resumes; a finished run returns at once.",
     )
     p.add_argument(
         "--data-dir", default="neverstop_data", help="where to write (default: %(default)s)"
     )
     p.add_argument(
-        "--episodes", type=int, default=30, help="episodes per policy (default: %(default)s)"
+        "--workers", type=int, default=2, help="steps run in parallel (default: %(default)s)"
     )
-    p.add_argument("--workers", type=int, default=2, help="collector processes (default: 2)")
     p.set_defaults(fn=_cmd_quickstart)
+
+    p = sub.add_parser(
+        "experiment",
+        help="run the study's protocol end to end (resumable): tables and plots",
+        description="paper: the protocol of 'Never Stop Learning' in simulation, as named "
+        "steps under --run-dir: base data (scripted + random, then rounds of epsilon-greedy "
+        "collection with the current policy, each round a new dataset version) and "
+        "pre-training; the base policy on all six tasks (robustness); per challenge task, "
+        "target data from the base policy with exploration noise and fine-tuning on 50/50 "
+        "base/target data at each target size, plus scratch and imagenet baselines at the "
+        "largest; a continual chain of fine-tunes through the five challenges; a report "
+        "(Markdown + CSV tables, PNG plots) in RUN_DIR/report/. Independent steps run in "
+        "parallel (--workers). Each finished step leaves RUN_DIR/.done/STEP.json: running "
+        "the same command again skips those and finishes the rest, however the last run "
+        "ended. Scales: smoke (every step on a handful of episodes, minutes; numbers are "
+        "noise), small (about 2-3 hours here), full (the study's sizes; many hours, see "
+        "docs/experiments.md).",
+        epilog="example: neverstop experiment paper --scale small --run-dir runs/paper-small",
+    )
+    p.add_argument("experiment", choices=("paper",), help="which experiment")
+    p.add_argument(
+        "--scale", required=True, choices=("smoke", "small", "full"), help="how big a run"
+    )
+    p.add_argument(
+        "--run-dir", required=True, help="where everything goes; the same dir resumes a run"
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="steps run in parallel (default: %(default)s)"
+    )
+    p.set_defaults(fn=_cmd_experiment)
 
     p = sub.add_parser(
         "render",

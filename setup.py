@@ -85,6 +85,9 @@ setuptools.setup(
         "pyyaml",
         "tqdm",
         "pillow",
+        # The experiment report's plots (Agg backend, no display); 3.8 is
+        # the last series built against numpy 1.x, which TF 2.15 needs.
+        "matplotlib==3.8.4",
         # Pure-Python ROS 1/2 bag reading and writing (no ROS install);
         # 0.11 writes ROS 2 bags with both the sqlite3 and MCAP plugins.
         "rosbags>=0.11,<0.12",

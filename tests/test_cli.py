@@ -35,7 +35,7 @@ class _Terminal(io.StringIO):
 def test_help_lists_the_subcommands(tmp_path):
     completed = _neverstop("--help", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
-    for command in ("quickstart", "render", "rollout", "bench", "tasks"):
+    for command in ("quickstart", "experiment", "render", "rollout", "bench", "tasks"):
         assert re.search(rf"^\s+{command}\s", completed.stdout, re.MULTILINE), command
 
 
@@ -372,3 +372,54 @@ def test_train_reports_bad_input_as_an_error_line(capsys, tmp_path):
     )
     assert code == 2
     assert "neverstop train: error:" in capsys.readouterr().err
+
+
+# --- experiment -------------------------------------------------------------------------
+
+
+def test_experiment_help_names_the_scales_and_resuming(tmp_path):
+    completed = _neverstop("experiment", "--help", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    text = " ".join(completed.stdout.split())
+    assert "--scale {smoke,small,full}" in text
+    assert "--workers WORKERS" in text
+    assert "running the same command again skips those" in text
+
+
+def test_experiment_refuses_a_run_dir_of_another_scale(tmp_path, capsys):
+    from neverstop.workflows import paper
+
+    paper.check_run_dir(str(tmp_path), paper.SCALES["smoke"])
+    code = cli.main(["experiment", "paper", "--scale", "small", "--run-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neverstop experiment: error: ")
+    assert os.path.join(str(tmp_path), "experiment.json") in err
+    assert "made with scale 'smoke'" in err and "'small' now" in err
+    assert not os.path.exists(tmp_path / ".done")
+
+
+def test_experiment_with_no_workers_exits_2(tmp_path, capsys):
+    code = cli.main(
+        ["experiment", "paper", "--scale", "smoke", "--run-dir", str(tmp_path), "--workers", "0"]
+    )
+    assert code == 2
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_step_printer_prints_a_line_per_start_and_finish():
+    out = io.StringIO()
+    printer = cli._StepPrinter(out)
+    for event in (
+        {"event": "skip", "step": "a"},
+        {"event": "skip", "step": "b"},
+        {"event": "start", "step": "c"},
+        {"event": "done", "step": "c", "seconds": 3.25},
+        {"event": "failed", "step": "d", "reason": "RuntimeError: x"},
+    ):
+        printer(event)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "  resuming: 2 steps already done, skipped"
+    assert re.fullmatch(r"\[ +\d+:\d\d\] start  c", lines[1])
+    assert re.fullmatch(r"\[ +\d+:\d\d\] done   c \(3\.2 s\)", lines[2])
+    assert lines[3].endswith("FAILED d (RuntimeError: x)")

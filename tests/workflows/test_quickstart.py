@@ -1,92 +1,102 @@
-"""Tests for neverstop/workflows/quickstart.py: the README's first command, tiny."""
+"""Tests for neverstop/workflows/quickstart.py: the README's first command, the
+paper's chain in miniature (run here with a tiny network and a few episodes)."""
 
-import json
+import csv
+import dataclasses
 import os
 
 import pytest
 from PIL import Image
 
-from neverstop import rawlog
-from neverstop import schema
-from neverstop.workflows import quickstart
+from neverstop.workflows import dag, paper, quickstart
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = dataclasses.replace(
+    paper.QUICKSTART,
+    scripted_episodes=6,
+    random_episodes=2,
+    pretrain_steps=10,
+    finetune_steps=10,
+    sizes=(3,),
+    eval_episodes=2,
+    train=paper.TINY_NETWORK,
+)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("data")
-    messages = []
-    path = quickstart.run(
-        quickstart.QuickstartConfig(data_dir=str(data_dir), episodes=3, collect_episodes=4),
-        progress=messages.append,
+def run(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    events = []
+    readme = quickstart.run(
+        quickstart.QuickstartConfig(data_dir=data_dir, scale=TINY), progress=events.append
     )
-    return path, messages
+    return data_dir, readme, events
 
 
-def test_report_is_written_under_the_data_dir(report):
-    path, messages = report
-    assert os.path.basename(path) == "report.md"
-    assert os.path.basename(os.path.dirname(path)) == "quickstart"
-    assert os.path.isfile(path)
-    raw_dir = os.path.join(os.path.dirname(path), "raw", "base")
-    assert messages == [f"rendered {task}" for task in schema.TASKS] + [
-        "evaluated scripted",
-        "evaluated random",
-        f"collected 4 new episodes into {raw_dir}",
+def test_the_quickstart_scale_is_the_tiny_chain_the_readme_promises():
+    scale = paper.QUICKSTART
+    assert 200 <= scale.scripted_episodes + scale.random_episodes <= 500
+    assert (scale.rounds, scale.challenges, len(scale.sizes)) == (0, ("checkerboard",), 1)
+    assert (scale.baselines, scale.continual, scale.tables) == (False, False, ("finetune",))
+    names = [s.name for s in paper.build_steps(scale)]
+    assert [n for n in names if n.startswith("train-")] == [
+        "train-base",
+        "train-finetune-checkerboard-100",
     ]
+    assert [n for n in names if n.startswith("eval-")] == ["eval-base-checkerboard"]
 
 
-def test_report_table_has_one_row_per_policy(report):
-    path, _ = report
-    with open(path) as f:
+def test_the_report_is_written_under_the_data_dir(run):
+    data_dir, readme, events = run
+    assert readme == os.path.join(data_dir, "quickstart", "report", "README.md")
+    assert sorted(os.listdir(os.path.dirname(readme))) == [
+        "README.md",
+        "finetune.csv",
+        "finetune.md",
+        "finetune.png",
+    ]
+    started = [e["step"] for e in events if e["event"] == "start"]
+    assert sorted(started) == sorted(s.name for s in paper.build_steps(TINY))
+    assert started[-1] == "report"
+
+
+def test_one_table_with_the_fine_tune_and_the_base_policy(run):
+    data_dir, readme, _ = run
+    with open(os.path.join(os.path.dirname(readme), "finetune.csv")) as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["task"], row["target_grasps"]) == ("checkerboard", "3")
+    for prefix in ("", "base_"):
+        assert 0 <= float(row[f"{prefix}success"]) <= 1
+        assert row[f"{prefix}episodes"] == "2"
+    text = open(readme).read()
+    assert "| checkerboard | 3 |" in text
+    assert "`grasps/checkerboard:1.0.0`" in text and "`grasps/base:1.0.0`" in text
+
+
+def test_one_plot(run):
+    _, readme, _ = run
+    path = os.path.join(os.path.dirname(readme), "finetune.png")
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] >= 300
+
+
+def test_a_second_run_returns_at_once(run):
+    data_dir, readme, _ = run
+    events = []
+    again = quickstart.run(
+        quickstart.QuickstartConfig(data_dir=data_dir, scale=TINY), progress=events.append
+    )
+    assert again == readme
+    assert {e["event"] for e in events} == {"skip"}
+    assert dag.read_step_log(os.path.join(data_dir, "quickstart"))[-1]["event"] == "skip"
+
+
+def test_readme_first_lines_are_the_quickstart_and_the_tests():
+    with open(os.path.join(REPO, "README.md")) as f:
         lines = f.read().splitlines()
-    header = lines.index("| policy | success | 95% interval | episodes/s |")
-    assert lines[header + 1] == "|---|---|---|---|"
-    rows = []
-    for line in lines[header + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append(line)
-    assert [row.split("|")[1].strip() for row in rows] == ["scripted", "random"]
-    for row in rows:
-        assert "/3)" in row
-
-
-def test_renders_one_png_per_task(report):
-    path, _ = report
-    render_dir = os.path.join(os.path.dirname(path), "render")
-    assert sorted(os.listdir(render_dir)) == sorted(f"{task}.png" for task in schema.TASKS)
-    for task in schema.TASKS:
-        with Image.open(os.path.join(render_dir, f"{task}.png")) as image:
-            # 64x64 at scale 4.
-            assert (image.size, image.mode) == ((256, 256), "RGB")
-    with open(path) as f:
-        text = f.read()
-    for task in schema.TASKS:
-        assert f"](render/{task}.png)" in text
-
-
-def test_results_json_has_both_policies(report):
-    path, _ = report
-    with open(os.path.join(os.path.dirname(path), "results.json")) as f:
-        results = json.load(f)
-    assert [r["policy"] for r in results] == ["scripted", "random"]
-    for r in results:
-        assert r["episodes"] == 3
-        assert r["task"] == "base"
-        assert r["object_split"] == "eval"
-        assert 0 <= r["successes"] <= 3
-
-
-def test_quickstart_collects_raw_episodes_with_the_beam_collector(report):
-    path, _ = report
-    raw_dir = os.path.join(os.path.dirname(path), "raw", "base")
-    files = rawlog.list_episode_files(raw_dir)
-    assert len(files) == 4
-    episodes = [rawlog.read_episode(f) for f in files]
-    assert {e.metadata[schema.POLICY] for e in episodes} == {"scripted"}
-    assert {e.metadata[schema.TASK] for e in episodes} == {"base"}
-    with open(path) as f:
-        text = f.read()
-    assert f"`{raw_dir}`: 4 scripted `base` episodes" in text
-    steps = sum(e.num_steps for e in episodes)
-    assert f", {steps} steps, " in text
+    assert lines[1].startswith("make quickstart")
+    assert lines[2].startswith("make test")
+    with open(os.path.join(REPO, "Makefile")) as f:
+        assert "$(VENV)/bin/neverstop quickstart" in f.read()

@@ -1,0 +1,408 @@
+"""The experiment's report: tables (Markdown + CSV) and plots (PNG) from eval results.
+
+Reads only the run directory (eval/<name>/<task>.json, the done-markers, the
+data dir's dataset cards), so it can be rebuilt at any time:
+
+    report/robustness.{md,csv}   the base policy on every task
+    report/finetune.{md,csv}     fine-tuning by target size, with the base policy
+    report/baselines.{md,csv}    finetune vs scratch vs imagenet at the largest size
+    report/continual.{md,csv}    each link of the chain next to the single-step fine-tune
+    report/finetune.png          success vs target grasps, one panel per task
+    report/continual.png         the chain: success on each link's task, and on base
+    report/README.md             all of the above with the scale and dataset versions
+
+Every success rate comes with its Wilson 95% interval and episode count.
+"""
+
+import csv
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+from neverstop.workflows import dag
+
+REPORT_DIR = "report"
+
+
+def _load_eval(run_dir: str, name: str, task: str) -> Optional[dict]:
+    path = os.path.join(run_dir, "eval", name, f"{task}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _pct(result: Optional[dict]) -> str:
+    if result is None:
+        return "n/a"
+    low, high = result["interval_95"]
+    return f"{result['success_rate']:.1%} [{low:.1%}, {high:.1%}] (n={result['episodes']})"
+
+
+def _cells(prefix: str, result: Optional[dict]) -> Dict[str, object]:
+    """CSV columns <prefix>success, <prefix>ci_low, <prefix>ci_high, <prefix>episodes."""
+    if result is None:
+        return {f"{prefix}{k}": "" for k in ("success", "ci_low", "ci_high", "episodes")}
+    low, high = result["interval_95"]
+    return {
+        f"{prefix}success": round(result["success_rate"], 4),
+        f"{prefix}ci_low": round(low, 4),
+        f"{prefix}ci_high": round(high, 4),
+        f"{prefix}episodes": result["episodes"],
+    }
+
+
+def _write_table(out_dir: str, name: str, rows: List[dict], markdown: List[str]) -> str:
+    """Writes <name>.csv (rows) and <name>.md (the Markdown lines); returns the Markdown."""
+    with open(os.path.join(out_dir, f"{name}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    text = "\n".join(markdown) + "\n"
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def _md_row(values: Sequence[object]) -> str:
+    return "| " + " | ".join(str(v) for v in values) + " |"
+
+
+def _md_header(columns: Sequence[str]) -> List[str]:
+    return [_md_row(columns), "|" + "---|" * len(columns)]
+
+
+# --- Tables -------------------------------------------------------------------------------
+
+
+def robustness_table(run_dir: str, scale: dict, out_dir: str) -> str:
+    rows, lines = [], _md_header(["task", "base policy success [95% interval]", "episodes"])
+    for task in scale["robustness_tasks"]:
+        result = _load_eval(run_dir, "base", task)
+        rows.append({"task": task, **_cells("", result)})
+        lines.append(_md_row([task, _pct(result), result["episodes"] if result else "n/a"]))
+    return _write_table(out_dir, "robustness", rows, lines)
+
+
+def finetune_table(run_dir: str, scale: dict, out_dir: str) -> str:
+    columns = ["task", "target grasps", "fine-tuned", "base policy", "change (points)"]
+    rows, lines = [], _md_header(columns)
+    for task in scale["challenges"]:
+        base = _load_eval(run_dir, "base", task)
+        for size in scale["sizes"]:
+            result = _load_eval(run_dir, f"finetune-{task}-{size}", task)
+            change = (
+                round(100 * (result["success_rate"] - base["success_rate"]), 1)
+                if result and base
+                else ""
+            )
+            rows.append(
+                {
+                    "task": task,
+                    "target_grasps": size,
+                    **_cells("", result),
+                    **_cells("base_", base),
+                    "change_points": change,
+                }
+            )
+            lines.append(_md_row([task, size, _pct(result), _pct(base), change]))
+    return _write_table(out_dir, "finetune", rows, lines)
+
+
+METHODS = ("base", "finetune", "scratch", "imagenet")
+
+
+def _method_run(method: str, task: str, size: int) -> str:
+    return "base" if method == "base" else f"{method}-{task}-{size}"
+
+
+def baselines_table(run_dir: str, scale: dict, out_dir: str) -> str:
+    size = max(scale["sizes"])
+    lines = _md_header(["task", "target grasps"] + [m for m in METHODS])
+    rows = []
+    for task in scale["challenges"]:
+        results = {m: _load_eval(run_dir, _method_run(m, task, size), task) for m in METHODS}
+        for method in METHODS:
+            rows.append(
+                {
+                    "task": task,
+                    "target_grasps": size,
+                    "method": method,
+                    **_cells("", results[method]),
+                }
+            )
+        lines.append(_md_row([task, size] + [_pct(results[m]) for m in METHODS]))
+    return _write_table(out_dir, "baselines", rows, lines)
+
+
+def continual_links(scale: dict) -> List[tuple]:
+    return [(k, task, f"continual-{k}-{task}") for k, task in enumerate(scale["challenges"], 1)]
+
+
+def continual_table(run_dir: str, scale: dict, out_dir: str) -> str:
+    size = max(scale["sizes"])
+    base_before = _load_eval(run_dir, "base", "base")
+    columns = [
+        "link",
+        "task",
+        "continual (on task)",
+        "single-step fine-tune (on task)",
+        "continual on base",
+        "forgetting (points)",
+    ]
+    rows, lines = [], _md_header(columns)
+    for k, task, name in continual_links(scale):
+        chain = _load_eval(run_dir, name, task)
+        single = _load_eval(run_dir, f"finetune-{task}-{size}", task)
+        on_base = _load_eval(run_dir, name, "base")
+        forgetting = (
+            round(100 * (base_before["success_rate"] - on_base["success_rate"]), 1)
+            if base_before and on_base
+            else ""
+        )
+        rows.append(
+            {
+                "link": k,
+                "task": task,
+                **_cells("continual_", chain),
+                **_cells("single_step_", single),
+                **_cells("base_after_link_", on_base),
+                "forgetting_points": forgetting,
+            }
+        )
+        lines.append(_md_row([k, task, _pct(chain), _pct(single), _pct(on_base), forgetting]))
+    return _write_table(out_dir, "continual", rows, lines)
+
+
+# --- Plots --------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display here or on a cluster
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _errorbar(result: dict):
+    low, high = result["interval_95"]
+    rate = result["success_rate"]
+    return 100 * rate, [[100 * (rate - low)], [100 * (high - rate)]]
+
+
+def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
+    """Success vs target grasps, one panel per challenge task, with the base
+    policy as a reference line (its interval shaded) and the baselines."""
+    plt = _pyplot()
+    tasks = scale["challenges"]
+    columns = min(3, len(tasks))
+    rows = (len(tasks) + columns - 1) // columns
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, sharey=True
+    )
+    sizes = list(scale["sizes"])
+    for i, task in enumerate(tasks):
+        ax = axes[i // columns][i % columns]
+        points = [(n, _load_eval(run_dir, f"finetune-{task}-{n}", task)) for n in sizes]
+        points = [(n, r) for n, r in points if r]
+        if points:
+            ys = [100 * r["success_rate"] for _, r in points]
+            lows = [100 * (r["success_rate"] - r["interval_95"][0]) for _, r in points]
+            highs = [100 * (r["interval_95"][1] - r["success_rate"]) for _, r in points]
+            ax.errorbar(
+                [n for n, _ in points],
+                ys,
+                yerr=[lows, highs],
+                marker="o",
+                capsize=3,
+                label="fine-tuned",
+            )
+        base = _load_eval(run_dir, "base", task)
+        if base:
+            ax.axhline(
+                100 * base["success_rate"], color="gray", linestyle="--", label="base policy"
+            )
+            ax.axhspan(
+                100 * base["interval_95"][0], 100 * base["interval_95"][1], color="gray", alpha=0.15
+            )
+        for method, marker in (("scratch", "s"), ("imagenet", "^")):
+            result = _load_eval(run_dir, f"{method}-{task}-{max(sizes)}", task)
+            if result:
+                y, err = _errorbar(result)
+                # Nudged sideways so the markers do not hide each other.
+                ax.errorbar(
+                    [max(sizes) * (1.08 if method == "scratch" else 1.16)],
+                    [y],
+                    yerr=err,
+                    marker=marker,
+                    capsize=3,
+                    linestyle="none",
+                    label=method,
+                )
+        if len(sizes) > 1:
+            ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(n) for n in sizes])
+        ax.set_ylim(0, 100)
+        ax.set_title(task)
+        ax.set_xlabel("target grasps")
+        if i % columns == 0:
+            ax.set_ylabel("success (%)")
+        ax.legend(fontsize=7, loc="lower right")
+    for j in range(len(tasks), rows * columns):
+        axes[j // columns][j % columns].axis("off")
+    figure.suptitle("Fine-tuning: success vs target grasps (95% Wilson intervals)")
+    figure.tight_layout()
+    path = os.path.join(out_dir, "finetune.png")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def continual_plot(run_dir: str, scale: dict, out_dir: str) -> str:
+    plt = _pyplot()
+    size = max(scale["sizes"])
+    links = continual_links(scale)
+    figure, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(links)), 3.8))
+    xs = list(range(1, len(links) + 1))
+    series = (
+        ("continual, on the link's task", lambda k, t, n: _load_eval(run_dir, n, t), "o"),
+        (
+            "single-step fine-tune, on the task",
+            lambda k, t, n: _load_eval(run_dir, f"finetune-{t}-{size}", t),
+            "s",
+        ),
+        ("continual, on base (forgetting)", lambda k, t, n: _load_eval(run_dir, n, "base"), "^"),
+    )
+    for label, load, marker in series:
+        points = [(x, load(k, t, n)) for x, (k, t, n) in zip(xs, links)]
+        points = [(x, r) for x, r in points if r]
+        if points:
+            ys = [100 * r["success_rate"] for _, r in points]
+            err = [
+                [100 * (r["success_rate"] - r["interval_95"][0]) for _, r in points],
+                [100 * (r["interval_95"][1] - r["success_rate"]) for _, r in points],
+            ]
+            ax.errorbar([x for x, _ in points], ys, yerr=err, marker=marker, capsize=3, label=label)
+    base = _load_eval(run_dir, "base", "base")
+    if base:
+        ax.axhline(
+            100 * base["success_rate"], color="gray", linestyle="--", label="base policy on base"
+        )
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{k}. {t}" for k, t, _ in links], rotation=15, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("success (%)")
+    ax.set_title(f"Continual chain ({size} target grasps per link)")
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    path = os.path.join(out_dir, "continual.png")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+# --- README -------------------------------------------------------------------------------
+
+
+def _datasets(run_dir: str) -> List[str]:
+    from neverstop.datasets import catalog
+
+    data = os.path.join(run_dir, "data")
+    if not os.path.isdir(data):
+        return []
+    lines = _md_header(["dataset", "episodes", "success", "policies"])
+    for card in catalog.list_datasets(data):
+        stats = card["statistics"]
+        policies = ", ".join(f"{p}: {n}" for p, n in sorted(stats.get("policies", {}).items()))
+        lines.append(
+            _md_row(
+                [
+                    f"`{card['id']}`",
+                    stats.get("episodes", ""),
+                    f"{stats.get('success_rate', 0):.1%}",
+                    policies,
+                ]
+            )
+        )
+    return lines
+
+
+def _timings(run_dir: str) -> List[str]:
+    markers = []
+    done_dir = os.path.join(run_dir, dag.DONE_DIR)
+    for name in sorted(os.listdir(done_dir)) if os.path.isdir(done_dir) else []:
+        if name.endswith(".json"):
+            marker = dag.read_marker(run_dir, name[: -len(".json")])
+            if marker:
+                markers.append(marker)
+    groups: Dict[str, List[float]] = {}
+    for marker in markers:
+        kind = marker["step"].split("-")[0]
+        groups.setdefault(kind, []).append(marker.get("seconds", 0.0))
+    lines = _md_header(["steps", "count", "total (s)"])
+    for kind, seconds in sorted(groups.items()):
+        lines.append(_md_row([kind, len(seconds), f"{sum(seconds):.0f}"]))
+    lines.append(_md_row(["all", len(markers), f"{sum(sum(s) for s in groups.values()):.0f}"]))
+    return lines
+
+
+TABLE_TITLES = {
+    "robustness": "Robustness: the base policy on every task (held-out objects)",
+    "finetune": "Fine-tuning by number of target grasps (50% base, 50% target data)",
+    "baselines": "Is RL pre-training needed? Fine-tuning vs scratch vs ImageNet-style features",
+    "continual": "Continual fine-tuning vs single-step fine-tuning",
+}
+
+
+def write_report(run_dir: str, scale: dict) -> dict:
+    """Writes report/ from the run dir; returns what it wrote (paths)."""
+    out_dir = os.path.join(run_dir, REPORT_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    tables = list(scale["tables"])
+    builders = {
+        "robustness": robustness_table,
+        "finetune": finetune_table,
+        "baselines": baselines_table,
+        "continual": continual_table,
+    }
+    texts = {name: builders[name](run_dir, scale, out_dir) for name in tables}
+    plots = []
+    if "finetune" in tables:
+        plots.append(finetune_plot(run_dir, scale, out_dir))
+    if "continual" in tables:
+        plots.append(continual_plot(run_dir, scale, out_dir))
+    lines = [
+        f"# neverstop experiment report: scale `{scale['name']}`",
+        "",
+        "Success rates are grasp successes over evaluation episodes on held-out objects, "
+        "with Wilson 95% intervals; every checkpoint meets the same evaluation seeds. "
+        "A target grasp is one target-task episode. The tables are also CSV files here.",
+        "",
+    ]
+    for name in tables:
+        lines += [f"## {TABLE_TITLES[name]}", "", f"[{name}.csv]({name}.csv)", "", texts[name]]
+        if name == "finetune" and plots:
+            lines += ["![success vs target grasps](finetune.png)", ""]
+        if name == "continual":
+            lines += ["![continual chain](continual.png)", ""]
+    lines += ["## Datasets (versions as trained on)", ""] + _datasets(run_dir) + [""]
+    lines += ["## Scale", "", "```json", json.dumps(scale, indent=2, sort_keys=True), "```", ""]
+    lines += ["## Where the time went (finished steps)", ""] + _timings(run_dir) + [""]
+    lines += [
+        "Checkpoints (with each run's config.json and lineage.json) are in `../checkpoints/`, "
+        "evaluation results in `../eval/<checkpoint>/<task>.json`, step logs in `../logs/`.",
+        "",
+    ]
+    readme = os.path.join(out_dir, "README.md")
+    tmp = readme + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, readme)
+    return {
+        "readme": readme,
+        "tables": [os.path.join(out_dir, f"{t}.csv") for t in tables],
+        "plots": plots,
+    }
