@@ -549,7 +549,7 @@ def _run_workflow(run, run_dir: str, what: str) -> int:
     try:
         report = run(printer)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return 130
     printer.finish()
     elapsed = printer._time() - printer.start

@@ -36,7 +36,6 @@ A target size counts episodes, and an episode is one grasp attempt, so
 
 import contextlib
 import dataclasses
-import glob
 import json
 import logging
 import os
