@@ -18,7 +18,17 @@ MERGES = ("late", "qtopt")
 CEM_SELECT = ("best", "mean")
 # Fields that change the network's variables: a checkpoint can only be
 # restored into a network built with the same values.
-ARCHITECTURE_FIELDS = ("merge", "tower_filters", "head_units", "qtopt_convs", "image_size")
+# What a config written before a field existed meant by its absence.
+LEGACY_DEFAULTS = {"keypoints": False}
+
+ARCHITECTURE_FIELDS = (
+    "merge",
+    "tower_filters",
+    "head_units",
+    "qtopt_convs",
+    "image_size",
+    "keypoints",
+)
 
 
 class ConfigError(ValueError):
@@ -58,6 +68,10 @@ class TrainConfig:
     tower_filters: tuple = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
     head_units: tuple = (256, 128)
     qtopt_convs: int = 2  # `qtopt` merge: conv layers after the broadcast add
+    # `late` merge: also feed the head each tower channel's spatial soft-argmax
+    # (x, y), where in the image that channel fires (docs/trainer.md). None:
+    # on with `late`, off with `qtopt`.
+    keypoints: Optional[bool] = None
     # Optimisation.
     steps: int = 20_000
     batch_size: int = 64
@@ -87,6 +101,13 @@ class TrainConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
         if self.merge not in MERGES:
             raise ConfigError(f"unknown merge {self.merge!r}; expected one of {', '.join(MERGES)}")
+        if self.keypoints is None:
+            object.__setattr__(self, "keypoints", self.merge == "late")
+        if self.keypoints and self.merge != "late":
+            raise ConfigError(
+                "keypoints feed the `late` merge's head; the `qtopt` merge has none "
+                "(set keypoints to false)"
+            )
         for name in ("steps", "batch_size", "lag_steps", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -121,7 +142,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
-        data = dict(data)
+        data = {**LEGACY_DEFAULTS, **data}
         if isinstance(data.get("cem"), dict):
             data["cem"] = CEMConfig(**data["cem"])
         return cls(**data)
@@ -138,6 +159,7 @@ class TrainConfig:
 def check_compatible(saved: Dict[str, Any], config: TrainConfig, where: str) -> None:
     """Raises ConfigError naming every architecture field that differs."""
     current = config.architecture()
+    saved = {**LEGACY_DEFAULTS, **saved}
     saved_arch = {k: _jsonable(saved.get(k)) for k in ARCHITECTURE_FIELDS}
     diffs = [
         f"{k}: checkpoint has {saved_arch[k]!r}, this run has {current[k]!r}"

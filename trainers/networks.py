@@ -45,6 +45,26 @@ def _conv(filters: int, kernel: int, stride: int, name: str) -> tf.keras.layers.
     )
 
 
+class SpatialSoftArgmax(tf.keras.layers.Layer):
+    """[B, H, W, C] -> [B, 2C]: each channel's expected (x, y) in [-1, 1] under a
+    softmax over its positions, with a learned temperature (Levine et al.'s
+    spatial softmax). Where something is, as numbers a dense head can relate to
+    an action, which a flattened feature map only says implicitly."""
+
+    def build(self, input_shape):
+        self.log_temperature = self.add_weight(
+            name="log_temperature", shape=(), initializer="zeros", trainable=True
+        )
+
+    def call(self, x):
+        _, h, w, c = x.shape
+        logits = tf.reshape(tf.transpose(x, (0, 3, 1, 2)), (-1, c, h * w))
+        weights = tf.nn.softmax(logits / tf.exp(self.log_temperature), axis=-1)
+        ys, xs = tf.meshgrid(tf.linspace(-1.0, 1.0, h), tf.linspace(-1.0, 1.0, w), indexing="ij")
+        grid = tf.stack([tf.reshape(xs, (-1,)), tf.reshape(ys, (-1,))], axis=-1)  # [HW, 2]
+        return tf.reshape(tf.einsum("bcp,pk->bck", weights, grid), (-1, 2 * c))
+
+
 def build_tower(config: TrainConfig, name: str = "tower") -> tf.keras.Model:
     size = config.image_size
     image = tf.keras.Input((size, size, 3), dtype=tf.uint8, name="image")
@@ -52,8 +72,12 @@ def build_tower(config: TrainConfig, name: str = "tower") -> tf.keras.Model:
     for i, (filters, kernel, stride) in enumerate(config.tower_filters):
         x = _conv(filters, kernel, stride, f"conv{i}")(x)
     if config.merge == "late":
+        conv_map = x
         x = tf.keras.layers.Flatten(name="flatten")(x)
         x = tf.keras.layers.Dense(config.head_units[0], activation="relu", name="embed")(x)
+        if config.keypoints:
+            points = SpatialSoftArgmax(name="keypoints")(conv_map)
+            x = tf.keras.layers.Concatenate(name="embed_keypoints")([x, points])
     return tf.keras.Model(image, x, name=name)
 
 

@@ -14,7 +14,7 @@ from neverstop import schema
 from neverstop.datasets import mixture as mixture_lib
 from neverstop.datasets import transitions as tr
 from neverstop.trainers import cem, checkpoints, qtopt, run
-from neverstop.trainers.config import CEMConfig, ConfigError, TrainConfig
+from neverstop.trainers.config import CEMConfig, ConfigError, TrainConfig, check_compatible
 from neverstop.trainers.networks import QNetwork
 from tests.trainers.helpers import BASE, make_data_dir, tiny_config
 
@@ -162,6 +162,29 @@ def test_both_merge_points_build_and_score_actions(merge):
     scores = cem.network_score_fn(network, features, tf.zeros([2, 2]))(tf.zeros([2, 5, 5]))
     assert scores.shape == (2, 5)
     assert np.all((scores.numpy() > 0) & (scores.numpy() < 1))
+
+
+def test_keypoints_are_where_each_channel_fires():
+    from neverstop.trainers.networks import SpatialSoftArgmax
+
+    fmap = np.zeros([1, 8, 8, 2], np.float32)
+    fmap[0, 2, 5, 0] = 50.0  # channel 0 fires at row 2, column 5
+    fmap[0, 7, 0, 1] = 50.0  # channel 1 at the bottom-left corner
+    points = SpatialSoftArgmax()(tf.constant(fmap)).numpy().reshape(2, 2)
+    grid = np.linspace(-1.0, 1.0, 8)
+    np.testing.assert_allclose(points[0], [grid[5], grid[2]], atol=1e-3)  # (x, y)
+    np.testing.assert_allclose(points[1], [-1.0, 1.0], atol=1e-3)
+    network = QNetwork(tiny_config(keypoints=True))
+    assert network.feature_shape[-1] == tiny_config().head_units[0] + 2 * 16  # 16 channels
+    with pytest.raises(ConfigError, match="keypoints"):
+        tiny_config(merge="qtopt", keypoints=True)
+    # A config written before the option existed meant a network without keypoints.
+    saved = tiny_config().as_dict()
+    del saved["keypoints"]
+    assert TrainConfig().keypoints and not TrainConfig.from_dict(saved).keypoints
+    check_compatible(saved, tiny_config(keypoints=False), "old")
+    with pytest.raises(ConfigError, match="keypoints"):
+        check_compatible(saved, tiny_config(keypoints=True), "old")
 
 
 # --- runs ----------------------------------------------------------------------------------
@@ -341,10 +364,10 @@ def test_bench_train_counts_flops_from_the_layers():
     config = tiny_config(batch_size=4)
     flops = train_bench.step_flops(config)
     # conv0: 16x16 out, 8x8x3 kernel, 8 filters; conv1: 8x8 out, 4x4x8, 16 filters;
-    # embed: 1024 -> 32. Head: (32 + 2 + 5) -> 16 -> 1.
+    # embed: 1024 -> 32. Head: (32 + 2 x 16 keypoints + 2 + 5) -> 16 -> 1.
     conv0 = 2 * 16 * 16 * 8 * 8 * 3 * 8
     tower = conv0 + 2 * 8 * 8 * 4 * 4 * 8 * 16 + 2 * 1024 * 32
-    head = 2 * 39 * 16 + 2 * 16
+    head = 2 * 71 * 16 + 2 * 16
     assert (flops["tower"], flops["head"]) == (tower, head)
     per_example = 3 * (tower + head) - conv0 + 2 * tower + 2 * 8 * head + head
     assert flops["per_example"] == per_example
