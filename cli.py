@@ -894,7 +894,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run dir (newest checkpoint) or prefix")
     env_flags(p)
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes (default 2; 0 runs the episodes in this process)",
+    )
     p.add_argument("--seed", type=int, default=1_000_000, help="base seed of the episodes")
     p.add_argument("--out", help="write the JSON result here")
     p.set_defaults(fn=_cmd_eval)

@@ -4,7 +4,9 @@ Episodes are split over worker processes (spawned, one TF thread each, the
 network loaded once per process). Episode i uses the seed
 `collect.episode_seed(seed, i)`, so the result is the same whatever the
 number of workers. The result is JSON: success rate and its Wilson 95%
-interval, with what was evaluated.
+interval, with what was evaluated. `workers=0` runs the episodes in the
+calling process instead (a workflow step already is a worker process;
+starting TensorFlow again would cost more than a small evaluation).
 """
 
 import multiprocessing
@@ -22,6 +24,10 @@ def _init_worker(checkpoint: str, task: str, object_split: str, renderer: str) -
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    _load(checkpoint, task, object_split, renderer)
+
+
+def _load(checkpoint: str, task: str, object_split: str, renderer: str) -> None:
     from neverstop.envs import grasp_env
     from neverstop.trainers import policy as policy_lib
 
@@ -54,23 +60,33 @@ def evaluate(
     schema.validate_task(task)
     if episodes < 1:
         raise ValueError(f"--episodes must be positive, got {episodes}")
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: in this process), got {workers}")
     ref = checkpoints.locate(checkpoint)
     checkpoints.read_config(ref.run_dir)  # fail here, not in every worker
     seeds = [collect.episode_seed(seed, i) for i in range(episodes)]
     start = time.perf_counter()
     results: List[Tuple[int, bool, int]] = []
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(
-        min(workers, episodes),
-        initializer=_init_worker,
-        initargs=(ref.prefix, task, object_split, renderer),
-    ) as pool:
-        for result in pool.imap_unordered(_run, seeds):
-            results.append(result)
-            if progress:
-                progress(result[1])
+    initargs = (ref.prefix, task, object_split, renderer)
+    if workers == 0:
+        _load(*initargs)
+        try:
+            for result in map(_run, seeds):
+                results.append(result)
+                if progress:
+                    progress(result[1])
+        finally:
+            _WORKER.pop("env").close()
+            _WORKER.clear()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(
+            min(workers, episodes), initializer=_init_worker, initargs=initargs
+        ) as pool:
+            for result in pool.imap_unordered(_run, seeds):
+                results.append(result)
+                if progress:
+                    progress(result[1])
     seconds = time.perf_counter() - start
     successes = sum(ok for _, ok, _ in results)
     low, high = rollout.wilson_interval(successes, episodes)

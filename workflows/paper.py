@@ -381,54 +381,12 @@ def _resolve_checkpoint(run_dir: str, name: str) -> str:
     return checkpoints.locate(checkpoint_dir(run_dir, name)).prefix
 
 
-def evaluate_in_process(
-    prefix: str, task: str, episodes: int, seed: int = EVAL_SEED, object_split: str = "eval"
-) -> dict:
-    """`neverstop eval`'s result (trainers/evaluate.py), computed in this process.
-
-    Same episodes (episode i has the seed `episode_seed(seed, i)`) and the
-    same policy, so the same numbers, without evaluate's pool of spawned
-    processes: a workflow step already is one, and the scheduler runs
-    several; starting TensorFlow again per evaluation would cost more than
-    a small evaluation itself.
-    """
-    import time
-
-    from neverstop.envs import collect, grasp_env, policies, rollout
-    from neverstop.trainers import checkpoints
-    from neverstop.trainers import policy as policy_lib
-
-    ref = checkpoints.locate(prefix)
-    policy = policy_lib.from_checkpoint(ref.prefix)
-    config = grasp_env.EnvConfig(object_split=object_split)
-    start = time.perf_counter()
-    successes = steps = 0
-    with grasp_env.GraspEnv(task, config) as env:
-        for i in range(episodes):
-            _, actions, _, info = policies.run_episode(env, policy, collect.episode_seed(seed, i))
-            successes += int(bool(info["success"]))
-            steps += len(actions)
-    low, high = rollout.wilson_interval(successes, episodes)
-    return {
-        "task": task,
-        "checkpoint": ref.id,
-        "checkpoint_prefix": os.path.abspath(ref.prefix),
-        "policy": f"qtopt:{ref.id}",
-        "object_split": object_split,
-        "episodes": episodes,
-        "successes": successes,
-        "success_rate": successes / episodes,
-        "interval_95": [low, high],
-        "steps": steps,
-        "seed": seed,
-        "workers": 1,
-        "renderer": config.renderer,
-        "seconds": time.perf_counter() - start,
-    }
-
-
 def _evaluate(run_dir: str, name: str, prefix: str, task: str, episodes: int) -> dict:
-    result = evaluate_in_process(prefix, task, episodes)
+    from neverstop.trainers import evaluate
+
+    # In this process (workers=0): a step already is a worker, and a fresh
+    # TensorFlow per evaluation would cost more than a small evaluation.
+    result = evaluate.evaluate(prefix, task, episodes, workers=0, seed=EVAL_SEED)
     result["checkpoint_name"] = name
     dag.write_json_atomic(eval_path(run_dir, name, task), result)
     return {k: result[k] for k in ("success_rate", "successes", "episodes")}

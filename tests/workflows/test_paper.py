@@ -200,7 +200,7 @@ def test_in_process_evaluation_matches_neverstop_eval(smoke):
     from neverstop.trainers import evaluate
 
     prefix = dag.read_marker(smoke["run_dir"], "train-base")["outputs"]["checkpoint"]
-    ours = paper.evaluate_in_process(prefix, "checkerboard", 3)
+    ours = evaluate.evaluate(prefix, "checkerboard", 3, workers=0, seed=paper.EVAL_SEED)
     theirs = evaluate.evaluate(prefix, "checkerboard", 3, workers=1, seed=paper.EVAL_SEED)
     for key in ("successes", "steps", "episodes", "interval_95", "checkpoint", "policy"):
         assert ours[key] == theirs[key], key
