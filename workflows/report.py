@@ -253,7 +253,7 @@ def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
         ax.legend(fontsize=7, loc="lower right")
     for j in range(len(tasks), rows * columns):
         axes[j // columns][j % columns].axis("off")
-    figure.suptitle("Fine-tuning: success vs target grasps (95% Wilson intervals)")
+    figure.suptitle("Fine-tuning: success vs target grasps\n(95% Wilson intervals)", fontsize=10)
     figure.tight_layout()
     path = os.path.join(out_dir, "finetune.png")
     figure.savefig(path, dpi=100)
