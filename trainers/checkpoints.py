@@ -92,14 +92,3 @@ def load_network(path: str):
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
-
-
-def write_json(path: str, data) -> None:
-    """Writes `data` as indented JSON atomically (a temporary file, then a
-    rename), creating the parent directory."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -109,6 +109,6 @@ def evaluate(
 
 
 def write_result(result: dict, out: str) -> None:
-    from neverstop.trainers import checkpoints
+    from neverstop import jsonfile
 
-    checkpoints.write_json(out, result)
+    jsonfile.write_atomic(out, result)

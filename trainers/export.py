@@ -14,7 +14,7 @@ import os
 
 import tensorflow as tf
 
-from neverstop import schema
+from neverstop import jsonfile, schema
 from neverstop.trainers import checkpoints
 from neverstop.trainers import policy as policy_lib
 from neverstop.trainers.config import CEMConfig
@@ -64,5 +64,5 @@ def export(checkpoint: str, out: str, seed: int = 0) -> dict:
             "outputs": {"action": "float32 [B, 5] in [-1, 1]: dx, dy, dz, dyaw, close"},
         },
     }
-    checkpoints.write_json(os.path.join(out, "policy.json"), info)
+    jsonfile.write_atomic(os.path.join(out, "policy.json"), info)
     return info

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from neverstop import schema
+from neverstop import jsonfile, schema
 from neverstop.datasets import mixture as mixture_lib
 from neverstop.datasets import stream as stream_lib
 from neverstop.trainers import checkpoints
@@ -222,13 +222,13 @@ def train(
         logging.info("%s: config present but no checkpoint yet; starting at step 0", run_dir)
     if not resuming:
         os.makedirs(run_dir, exist_ok=True)
-        checkpoints.write_json(
+        jsonfile.write_atomic(
             os.path.join(run_dir, checkpoints.LINEAGE_FILE),
             lineage_record(config, mixture, resolved, parent, vision_record),
         )
-        checkpoints.write_json(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
+        jsonfile.write_atomic(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
     elif config.steps != checkpoints.read_config(run_dir).steps:
-        checkpoints.write_json(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
+        jsonfile.write_atomic(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
 
     start_step = int(learner.step)
     metrics_path = os.path.join(run_dir, checkpoints.METRICS_FILE)

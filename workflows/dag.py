@@ -37,9 +37,14 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from neverstop import jsonfile
+
 DONE_DIR = ".done"
 LOG_DIR = "logs"
 STEP_LOG = "steps.jsonl"
+
+logger = logging.getLogger(__name__)
+
 # A fresh worker process after this many steps: TensorFlow keeps some
 # memory per trained network.
 TASKS_PER_WORKER = 8
@@ -73,20 +78,6 @@ def marker_path(run_dir: str, name: str) -> str:
 
 def log_path(run_dir: str, name: str) -> str:
     return os.path.join(run_dir, LOG_DIR, f"{name}.log")
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """JSON to `path` through a temporary file and a rename: readers see the
-    old file or the whole new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_marker(run_dir: str, name: str) -> Optional[dict]:
@@ -199,7 +190,7 @@ def _run_in_worker(run_dir: str, step: Step) -> dict:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    print(f"=== {_now()} step {step.name} (pid {os.getpid()})", flush=True)
+    logger.info("step %s (pid %d)", step.name, os.getpid())
     start = time.perf_counter()
     try:
         outputs = step.fn(run_dir, **step.params) or {}
@@ -213,8 +204,8 @@ def _run_in_worker(run_dir: str, step: Step) -> dict:
         "seconds": round(time.perf_counter() - start, 3),
         "finished": _now(),
     }
-    write_json_atomic(marker_path(run_dir, step.name), marker)
-    print(f"=== {_now()} done in {marker['seconds']:.1f} s", flush=True)
+    jsonfile.write_atomic(marker_path(run_dir, step.name), marker)
+    logger.info("step %s done in %.1f s", step.name, marker["seconds"])
     sys.stderr.flush()
     return marker
 

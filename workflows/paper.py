@@ -41,7 +41,7 @@ import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from neverstop import schema
+from neverstop import jsonfile, schema
 from neverstop.workflows import dag
 
 DATASET = "grasps"
@@ -388,7 +388,7 @@ def _evaluate(run_dir: str, name: str, prefix: str, task: str, episodes: int) ->
     # TensorFlow per evaluation would cost more than a small evaluation.
     result = evaluate.evaluate(prefix, task, episodes, workers=0, seed=EVAL_SEED)
     result["checkpoint_name"] = name
-    dag.write_json_atomic(eval_path(run_dir, name, task), result)
+    jsonfile.write_atomic(eval_path(run_dir, name, task), result)
     return {k: result[k] for k in ("success_rate", "successes", "episodes")}
 
 
@@ -463,7 +463,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
     def add(step_name, fn, /, deps=(), **params):
         steps.append(dag.Step(step_name, fn, params, tuple(deps)))
 
-    def train_params(name: str, mode: str, train_steps: int, **changes) -> dict:
+    def train_params(mode: str, train_steps: int, **changes) -> dict:
         return scale.train_config(mode=mode, steps=train_steps, **changes).as_dict()
 
     # Base data, round 0: scripted and random episodes, in parallel shards.
@@ -515,7 +515,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
         name = round_checkpoint(scale, r)
         mixture = f"{DATASET}/base:{base_version(r)}:train:1"
         if r == 0:
-            config = train_params(name, "pretrain", scale.pretrain_steps)
+            config = train_params("pretrain", scale.pretrain_steps)
             add(
                 f"train-{name}",
                 train_step,
@@ -527,7 +527,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
         else:
             # More pre-training: start from the previous round's network at
             # the pre-training learning rate, on all base data so far.
-            config = train_params(name, "finetune", scale.round_steps, finetune_lr_scale=1.0)
+            config = train_params("finetune", scale.round_steps, finetune_lr_scale=1.0)
             add(
                 f"train-{name}",
                 train_step,
@@ -553,7 +553,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
         add(
             "vision",
             vision_step,
-            config=train_params("vision", "imagenet", 1),
+            config=train_params("imagenet", 1),
             images=scale.vision_images,
             epochs=scale.vision_epochs,
             seed=scale.seed,
@@ -588,7 +588,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=["train-base", f"ingest-{task}"],
                 name=name,
-                config=train_params(name, "finetune", scale.finetune_steps),
+                config=train_params("finetune", scale.finetune_steps),
                 mixture=mixture_string(scale, task, size),
                 init="base",
                 eval_tasks=[task],
@@ -603,7 +603,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                     deps=[f"ingest-{task}", "ingest-base-r%d" % scale.rounds]
                     + (["vision"] if mode == "imagenet" else []),
                     name=name,
-                    config=train_params(name, mode, scale.baseline_steps),
+                    config=train_params(mode, scale.baseline_steps),
                     mixture=mixture_string(scale, task, largest),
                     vision=mode == "imagenet",
                     eval_tasks=[task],
@@ -618,7 +618,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=[f"train-{previous}", f"ingest-{task}"],
                 name=name,
-                config=train_params(name, "finetune", scale.continual_steps),
+                config=train_params("finetune", scale.continual_steps),
                 mixture=mixture_string(scale, task, largest),
                 init=previous,
                 eval_tasks=[task, "base"],
@@ -654,7 +654,7 @@ def check_run_dir(run_dir: str, scale: Scale) -> None:
             )
         return
     os.makedirs(run_dir, exist_ok=True)
-    dag.write_json_atomic(path, {"experiment": "paper", "scale": wanted})
+    jsonfile.write_atomic(path, {"experiment": "paper", "scale": wanted})
 
 
 def report_path(run_dir: str) -> str:

@@ -84,6 +84,13 @@ def robustness_table(run_dir: str, scale: dict, out_dir: str) -> str:
     return _write_table(out_dir, "robustness", rows, lines)
 
 
+def _points(result, reference):
+    """result's success rate minus reference's, in points (blank if one is missing)."""
+    if not (result and reference):
+        return ""
+    return round(100 * (result["success_rate"] - reference["success_rate"]), 1)
+
+
 def finetune_table(run_dir: str, scale: dict, out_dir: str) -> str:
     columns = ["task", "target grasps", "fine-tuned", "base policy", "change (points)"]
     rows, lines = [], _md_header(columns)
@@ -91,11 +98,7 @@ def finetune_table(run_dir: str, scale: dict, out_dir: str) -> str:
         base = _load_eval(run_dir, "base", task)
         for size in scale["sizes"]:
             result = _load_eval(run_dir, f"finetune-{task}-{size}", task)
-            change = (
-                round(100 * (result["success_rate"] - base["success_rate"]), 1)
-                if result and base
-                else ""
-            )
+            change = _points(result, base)
             rows.append(
                 {
                     "task": task,
@@ -155,11 +158,7 @@ def continual_table(run_dir: str, scale: dict, out_dir: str) -> str:
         chain = _load_eval(run_dir, name, task)
         single = _load_eval(run_dir, f"finetune-{task}-{size}", task)
         on_base = _load_eval(run_dir, name, "base")
-        forgetting = (
-            round(100 * (base_before["success_rate"] - on_base["success_rate"]), 1)
-            if base_before and on_base
-            else ""
-        )
+        forgetting = _points(base_before, on_base)
         rows.append(
             {
                 "link": k,

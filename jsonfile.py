@@ -1,0 +1,24 @@
+"""JSON files that readers never see half-written.
+
+Run files (config, lineage), evaluation results, export info and workflow
+done-markers all go through `write_atomic`: a reader (a resumed run, the
+scheduler, a report) sees the old file or the whole new one.
+"""
+
+import json
+import os
+from typing import Any
+
+
+def write_atomic(path: str, data: Any) -> None:
+    """Writes `data` as indented, key-sorted JSON through a temporary file in
+    the same directory and a rename, creating the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
