@@ -22,6 +22,7 @@ from neverstop.version import __version__  # noqa: E402
 # Spelled here, not imported, so that --help does not load pybullet; a test
 # checks it equals neverstop.envs.policies.POLICY_NAMES.
 POLICY_NAMES = ("scripted", "random", "random_grasp")
+EXPLORER_NAMES = ("random", "moves")  # == tuple(neverstop.envs.policies.EXPLORERS)
 RENDERERS = ("tiny", "egl", "auto")
 
 EPILOG = """examples:
@@ -352,6 +353,7 @@ def _cmd_collect(args) -> int:
         out=args.out,
         workers=args.workers,
         epsilon=args.epsilon,
+        explore=args.explore,
         object_split=args.split,
         renderer=args.renderer,
         image_encoding=args.image_encoding,
@@ -729,7 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--epsilon",
         type=float,
         default=0.0,
-        help="take a random action with this probability (epsilon-greedy; default 0)",
+        help="take an exploration action with this probability (epsilon-greedy; default 0)",
+    )
+    p.add_argument(
+        "--explore",
+        default="random",
+        choices=EXPLORER_NAMES,
+        help="the exploration action with --epsilon: random (uniform, closes a quarter of the "
+        "time; default) or moves (uniform moves that never close, so the policy alone "
+        "decides when to grasp)",
     )
     p.add_argument(
         "--format",

@@ -47,6 +47,7 @@ class CollectConfig:
     out: str = "raw"
     workers: int = 2
     epsilon: float = 0.0
+    explore: str = "random"  # the exploration action when epsilon > 0 (policies.EXPLORERS)
     object_split: str = "train"
     renderer: str = "tiny"
     image_encoding: str = "png"
@@ -70,7 +71,11 @@ def episode_id(task: str, policy_name: str, seed: int, index: int) -> str:
 
 def policy_label(config: CollectConfig) -> str:
     """The policy name episodes record (and their ids carry)."""
-    return f"{config.policy}@eps={config.epsilon:g}" if config.epsilon > 0 else config.policy
+    from neverstop.envs import policies
+
+    if config.epsilon > 0:
+        return policies.epsilon_label(config.policy, config.epsilon, config.explore)
+    return config.policy
 
 
 def validate_config(config: CollectConfig, named_policy: bool = True) -> CollectConfig:
@@ -104,6 +109,10 @@ def validate_config(config: CollectConfig, named_policy: bool = True) -> Collect
         raise ValueError(f"shard size must be >= 1, got {config.shard_size}")
     if not 0.0 <= config.epsilon <= 1.0:
         raise ValueError(f"--epsilon must be in [0, 1], got {config.epsilon}")
+    if config.explore not in policies.EXPLORERS:
+        raise ValueError(
+            f"unknown --explore {config.explore!r}; expected one of {', '.join(policies.EXPLORERS)}"
+        )
     if config.format not in FORMATS:
         raise ValueError(f"unknown format {config.format!r}; expected one of {FORMATS}")
     schema.validate_image_encoding(config.image_encoding)
@@ -211,7 +220,9 @@ def named_policy(env, config: CollectConfig):
     """The default factory: a policy from envs.policies by name (+ epsilon)."""
     from neverstop.envs import policies
 
-    return policies.make_policy(config.policy, env, epsilon=config.epsilon)
+    return policies.make_policy(
+        config.policy, env, epsilon=config.epsilon, explore=config.explore
+    )
 
 
 def write_output(config: CollectConfig, episode: rawlog.Episode) -> str:
@@ -252,7 +263,7 @@ def _collect_shard_fn():
                 raise ValueError(
                     f"the policy factory made a policy named {self.policy.name!r}, but the "
                     f"collection is labelled {policy_label(self.config)!r}; set "
-                    "CollectConfig.policy (and epsilon) to match"
+                    "CollectConfig.policy (and epsilon, explore) to match"
                 )
 
         def process(self, shard: Tuple[int, ...]) -> Iterator:

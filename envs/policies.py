@@ -162,20 +162,47 @@ class ScorerPolicy:
         return candidates[int(np.argmax(scores))].astype(np.float32)
 
 
+# Exploration actions for EpsilonGreedy, by name.
+#   random  uniform moves, closing a quarter of the time (QT-Opt's random policy);
+#   moves   uniform moves that never close: the greedy policy alone decides
+#           when to grasp, so exploration varies where the gripper goes
+#           without ending most episodes early (docs/experiments.md).
+EXPLORERS: Dict[str, Callable[[], Policy]] = {
+    "random": RandomPolicy,
+    "moves": lambda: RandomPolicy(close_prob=0.0),
+}
+DEFAULT_EXPLORER = "random"
+
+
+def make_explorer(name: str) -> Policy:
+    if name not in EXPLORERS:
+        raise ValueError(f"unknown explorer {name!r}; expected one of {', '.join(EXPLORERS)}")
+    return EXPLORERS[name]()
+
+
+def epsilon_label(name: str, epsilon: float, explore: str = DEFAULT_EXPLORER) -> str:
+    """The name of `name` acting epsilon-greedily, e.g. "scripted@eps=0.2" or
+    "qtopt:ckpt-7@eps=0.3+moves" (the explorer is named unless it is the default)."""
+    label = f"{name}@eps={epsilon:g}"
+    return label if explore == DEFAULT_EXPLORER else f"{label}+{explore}"
+
+
 class EpsilonGreedy:
     """Acts with `explore` (random by default) with probability epsilon, else `greedy`.
 
     How the study collects target data: the pre-trained policy plus
     exploration noise. The name records both, e.g. "qtopt:ckpt-7@eps=0.2".
+    `explore` is a policy or a name from EXPLORERS.
     """
 
-    def __init__(self, greedy: Policy, epsilon: float, explore: Optional[Policy] = None):
+    def __init__(self, greedy: Policy, epsilon: float, explore=DEFAULT_EXPLORER):
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.greedy = greedy
         self.epsilon = float(epsilon)
-        self.explore = explore or RandomPolicy()
-        self.name = f"{greedy.name}@eps={self.epsilon:g}"
+        explore_name = explore if isinstance(explore, str) else DEFAULT_EXPLORER
+        self.explore = make_explorer(explore) if isinstance(explore, str) else explore
+        self.name = epsilon_label(greedy.name, self.epsilon, explore_name)
 
     def reset(self, rng: np.random.Generator) -> None:
         reset_policy(self.greedy, rng)
@@ -189,8 +216,13 @@ class EpsilonGreedy:
 POLICY_NAMES = ("random", "scripted", "random_grasp")
 
 
-def make_policy(name: str, env: "grasp_env_lib.GraspEnv", epsilon: float = 0.0) -> Policy:
-    """Builds a named policy for `env`, epsilon-greedy when epsilon > 0.
+def make_policy(
+    name: str,
+    env: "grasp_env_lib.GraspEnv",
+    epsilon: float = 0.0,
+    explore: str = DEFAULT_EXPLORER,
+) -> Policy:
+    """Builds a named policy for `env`, epsilon-greedy (with `explore`) when epsilon > 0.
 
     Unknown names raise ValueError listing the known ones.
     """
@@ -202,7 +234,7 @@ def make_policy(name: str, env: "grasp_env_lib.GraspEnv", epsilon: float = 0.0) 
     if name not in factories:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")
     policy = factories[name]()
-    return EpsilonGreedy(policy, epsilon) if epsilon > 0 else policy
+    return EpsilonGreedy(policy, epsilon, explore) if epsilon > 0 else policy
 
 
 def run_episode(

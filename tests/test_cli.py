@@ -215,6 +215,7 @@ def test_cli_choices_match_the_library():
     from neverstop.envs import grasp_env, policies
 
     assert set(cli.POLICY_NAMES) == set(policies.POLICY_NAMES)
+    assert cli.EXPLORER_NAMES == tuple(policies.EXPLORERS)
     assert set(cli.RENDERERS) == set(grasp_env.RENDERERS)
 
 

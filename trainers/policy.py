@@ -71,11 +71,12 @@ class CEMPolicy:
         return action.numpy()[0].astype(np.float32)
 
 
-def from_checkpoint(path: str, epsilon: float = 0.0):
-    """A CEMPolicy named `qtopt:<run>/ckpt-<step>` (epsilon-greedy when epsilon > 0)."""
+def from_checkpoint(path: str, epsilon: float = 0.0, explore: str = "random"):
+    """A CEMPolicy named `qtopt:<run>/ckpt-<step>` (epsilon-greedy with the
+    `explore` action, envs.policies.EXPLORERS, when epsilon > 0)."""
     from neverstop.envs import policies
     from neverstop.trainers import checkpoints
 
     network, config, ref = checkpoints.load_network(path)
     policy = CEMPolicy(network, config.cem, name=f"qtopt:{ref.id}")
-    return policies.EpsilonGreedy(policy, epsilon) if epsilon > 0 else policy
+    return policies.EpsilonGreedy(policy, epsilon, explore) if epsilon > 0 else policy

@@ -84,6 +84,9 @@ def test_output_name_carries_the_epsilon_and_the_format(tmp_path):
     assert collect.output_name(_config(tmp_path, epsilon=0.2), 4) == (
         "sim-base-scripted-eps=0.2-s0-000004.nsep"
     )
+    assert collect.output_name(_config(tmp_path, epsilon=0.2, explore="moves"), 4) == (
+        "sim-base-scripted-eps=0.2+moves-s0-000004.nsep"
+    )
     assert collect.output_name(_config(tmp_path, format="rosbag"), 4) == (
         "sim-base-scripted-s0-000004.bag"
     )
@@ -107,6 +110,7 @@ def test_shards_cover_every_index_once():
         ({"task": "nope"}, "unknown task 'nope'; expected one of base, checkerboard"),
         ({"epsilon": 1.5}, r"--epsilon must be in \[0, 1\], got 1.5"),
         ({"epsilon": -0.1}, r"--epsilon must be in \[0, 1\], got -0.1"),
+        ({"explore": "noise"}, "unknown --explore 'noise'; expected one of random, moves"),
         ({"workers": 0}, "--workers must be >= 1, got 0"),
         ({"seed": -1}, "--seed must be >= 0, got -1"),
         ({"format": "hdf5"}, "unknown format 'hdf5'"),

@@ -149,6 +149,26 @@ def test_epsilon_greedy_explores_with_random_actions_by_default():
     assert actions.min() >= schema.ACTION_MIN and actions.max() <= schema.ACTION_MAX
 
 
+def test_moves_explorer_moves_uniformly_and_never_closes():
+    policy = policies.EpsilonGreedy(_Constant("greedy", 0.5), 1.0, explore="moves")
+    assert policy.name == "greedy@eps=1+moves"
+    rng = np.random.default_rng(0)
+    actions = np.stack([policy(_observation(), rng) for _ in range(400)])
+    assert np.all(actions[:, 4] < 0)  # never a close (close > 0 closes)
+    moves = actions[:, :4]
+    assert moves.min() < -0.9 and moves.max() > 0.9  # the whole range
+    assert abs(float(moves.mean())) < 0.1
+    # The default explorer closes about a quarter of the time.
+    default = policies.EpsilonGreedy(_Constant("greedy", 0.5), 1.0)
+    closes = np.mean([default(_observation(), rng)[4] > 0 for _ in range(400)])
+    assert 0.18 < closes < 0.32, closes
+
+
+def test_unknown_explorer_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown explorer 'noise'; expected one of random, moves"):
+        policies.EpsilonGreedy(_Constant("greedy", 0.0), 0.1, explore="noise")
+
+
 def test_epsilon_greedy_name_and_reset():
     greedy, explore = _Constant("scripted", 0.0), _Constant("random", 0.0)
     policy = policies.EpsilonGreedy(greedy, 0.2, explore=explore)

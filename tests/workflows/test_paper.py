@@ -193,7 +193,7 @@ def test_the_run_dir_follows_the_design_layout(smoke):
     # Target data came from the base policy with exploration noise.
     marker = dag.read_marker(run_dir, "collect-checkerboard")
     assert marker["outputs"]["policy"].startswith("qtopt:base.ckpt-")
-    assert marker["outputs"]["policy"].endswith(f"@eps={SMOKE.target_epsilon:g}")
+    assert marker["outputs"]["policy"].endswith(f"@eps={SMOKE.target_epsilon:g}+moves")
 
 
 def test_in_process_evaluation_matches_neverstop_eval(smoke):
