@@ -875,7 +875,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="where checkpoints and logs go")
     p.add_argument("--init", help="finetune: the checkpoint to start from (run dir or prefix)")
     p.add_argument("--vision-weights", help="imagenet: a tower weights file (.npz)")
-    p.add_argument("--config", help="JSON TrainConfig to start from (e.g. a run's config.json)")
+    p.add_argument(
+        "--config",
+        help="JSON TrainConfig to start from: a run's config.json, or only the fields to "
+        "override (the rest take today's defaults)",
+    )
     p.add_argument(
         "--merge", choices=("late", "qtopt"), help="where state+action join (default late)"
     )

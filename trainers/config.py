@@ -142,7 +142,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
-        data = {**LEGACY_DEFAULTS, **data}
+        data = _with_legacy_defaults(data)
         if isinstance(data.get("cem"), dict):
             data["cem"] = CEMConfig(**data["cem"])
         return cls(**data)
@@ -159,7 +159,7 @@ class TrainConfig:
 def check_compatible(saved: Dict[str, Any], config: TrainConfig, where: str) -> None:
     """Raises ConfigError naming every architecture field that differs."""
     current = config.architecture()
-    saved = {**LEGACY_DEFAULTS, **saved}
+    saved = {**LEGACY_DEFAULTS, **saved}  # always written by a run, never partial
     saved_arch = {k: _jsonable(saved.get(k)) for k in ARCHITECTURE_FIELDS}
     diffs = [
         f"{k}: checkpoint has {saved_arch[k]!r}, this run has {current[k]!r}"
@@ -172,6 +172,16 @@ def check_compatible(saved: Dict[str, Any], config: TrainConfig, where: str) -> 
             + "; ".join(diffs)
             + "); use the same architecture or start a new run"
         )
+
+
+def _with_legacy_defaults(data: Dict[str, Any]) -> Dict[str, Any]:
+    """A run's resolved config written before a field existed meant LEGACY_DEFAULTS
+    by its absence. A partial config (a user's overrides) means today's defaults:
+    it is recognised by lacking fields that every resolved config has."""
+    current = {f.name for f in dataclasses.fields(TrainConfig)} - set(LEGACY_DEFAULTS)
+    if not current <= set(data):
+        return dict(data)
+    return {**LEGACY_DEFAULTS, **data}
 
 
 def _jsonable(value: Any) -> Any:

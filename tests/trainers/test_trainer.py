@@ -182,6 +182,9 @@ def test_keypoints_are_where_each_channel_fires():
     saved = tiny_config().as_dict()
     del saved["keypoints"]
     assert TrainConfig().keypoints and not TrainConfig.from_dict(saved).keypoints
+    # A partial config (a user's overrides in --config) means today's defaults.
+    assert TrainConfig.from_dict({"steps": 10}).keypoints
+    assert not TrainConfig.from_dict({"steps": 10, "keypoints": False}).keypoints
     check_compatible(saved, tiny_config(keypoints=False), "old")
     with pytest.raises(ConfigError, match="keypoints"):
         check_compatible(saved, tiny_config(keypoints=True), "old")
