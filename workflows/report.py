@@ -249,7 +249,8 @@ def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
         ax.set_xlabel("target grasps")
         if i % columns == 0:
             ax.set_ylabel("success (%)")
-        ax.legend(fontsize=7, loc="lower right")
+        # "best": the legend must not hide the baselines' markers at the largest size.
+        ax.legend(fontsize=7, loc="best")
     for j in range(len(tasks), rows * columns):
         axes[j // columns][j % columns].axis("off")
     figure.suptitle("Fine-tuning: success vs target grasps\n(95% Wilson intervals)", fontsize=10)
