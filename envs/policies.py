@@ -8,7 +8,7 @@ per-episode state also implement `reset(rng)`, called after env.reset().
 """
 
 import math
-from typing import Callable, Dict, Optional, Protocol, runtime_checkable
+from typing import Callable, Dict, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -93,9 +93,13 @@ class ScriptedGrasper:
         xy_noise: float = 0.015,
         height_noise: float = 0.01,
         action_noise: float = 0.1,
+        xy_noise_range: Optional[Tuple[float, float]] = None,
+        name: str = "scripted",
     ):
         self.env = env
+        self.name = name
         self.xy_noise = xy_noise
+        self.xy_noise_range = xy_noise_range
         self.height_noise = height_noise
         self.action_noise = action_noise
         self._goal: Optional[np.ndarray] = None
@@ -113,7 +117,10 @@ class ScriptedGrasper:
         candidates = inside or [p for p, _ in poses]
         chosen = candidates[rng.integers(len(candidates))]
         goal = chosen.copy()
-        goal[:2] += rng.normal(0.0, self.xy_noise, 2)
+        xy_noise = self.xy_noise
+        if self.xy_noise_range is not None:
+            xy_noise = float(rng.uniform(*self.xy_noise_range))
+        goal[:2] += rng.normal(0.0, xy_noise, 2)
         goal[2] = max(
             grasp_env_lib.FLOOR_Z + 0.012, chosen[2] - 0.005 + rng.normal(0.0, self.height_noise)
         )
@@ -213,7 +220,13 @@ class EpsilonGreedy:
         return actor(observation, rng)
 
 
-POLICY_NAMES = ("random", "scripted", "random_grasp")
+POLICY_NAMES = ("random", "scripted", "random_grasp", "scripted_wide")
+
+# scripted_wide: the scripted grasper with its aim's lateral noise (std, metres)
+# drawn per episode from this range, so its closings spread from on the
+# object to several centimetres off it: grasps whose outcomes show a Q-function
+# how success falls with the distance at closing.
+WIDE_XY_NOISE = (0.0, 0.04)
 
 
 def make_policy(
@@ -229,6 +242,9 @@ def make_policy(
     factories: Dict[str, Callable[[], Policy]] = {
         "random": RandomPolicy,
         "scripted": lambda: ScriptedGrasper(env),
+        "scripted_wide": lambda: ScriptedGrasper(
+            env, xy_noise_range=WIDE_XY_NOISE, name="scripted_wide"
+        ),
         "random_grasp": RandomGraspPolicy,
     }
     if name not in factories:

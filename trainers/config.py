@@ -81,6 +81,8 @@ class TrainConfig:
     grad_clip_norm: float = 10.0
     # Q-learning.
     gamma: float = 0.9
+    # Weight of a transition into a terminal step (a graded grasp) in the loss.
+    terminal_weight: float = 1.0
     polyak: float = 0.995  # Q'1 <- polyak * Q'1 + (1 - polyak) * Q each step
     lag_steps: int = 500  # Q'2 <- Q'1 every lag_steps
     cem: CEMConfig = dataclasses.field(default_factory=CEMConfig)
@@ -115,6 +117,8 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if not 0.0 < self.gamma < 1.0:
             raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
+        if not self.terminal_weight > 0.0:
+            raise ConfigError(f"terminal_weight must be > 0, got {self.terminal_weight}")
         if not 0.0 <= self.polyak < 1.0:
             raise ConfigError(f"polyak must be in [0, 1), got {self.polyak}")
         for name in ("learning_rate", "finetune_lr_scale", "grad_clip_norm"):

@@ -2,7 +2,8 @@
 
     a*  = CEM argmax_a Q'1(s', a)
     y   = r + gamma * (1 - terminal) * min(Q'1(s', a*), Q'2(s', a*))
-    L   = cross_entropy(y, sigmoid(Q(s, a))) + l2 * sum ||W||^2
+    L   = mean_batch(w * cross_entropy(y, sigmoid(Q(s, a)))) + l2 * sum ||W||^2
+          w = terminal_weight for a transition into a terminal step, else 1
     Q   <- Adam step on L (gradients clipped by global norm)
     Q'1 <- polyak * Q'1 + (1 - polyak) * Q            (every step)
     Q'2 <- Q'1                                         (every lag_steps)
@@ -31,6 +32,19 @@ def bellman_target(reward, terminal, q1_next, q2_next, gamma: float) -> tf.Tenso
     bootstrap = tf.minimum(q1_next, q2_next)
     y = tf.cast(reward, tf.float32) + gamma * (1.0 - terminal) * bootstrap
     return tf.clip_by_value(y, 0.0, 1.0)
+
+
+def weighted_cross_entropy(y, logits, terminal, terminal_weight: float) -> tf.Tensor:
+    """The batch mean of the cross-entropy, terminal transitions weighted by terminal_weight.
+
+    A terminal transition's label is its grasp's outcome, not a bootstrap;
+    weighting them > 1 is the same as showing the grasp classifier inside Q
+    its graded grasps that many times more often.
+    """
+    per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits)
+    terminal = tf.cast(terminal, tf.float32)
+    weight = 1.0 + (terminal_weight - 1.0) * terminal
+    return tf.reduce_mean(weight * per_example)
 
 
 def clipped_double_q_target(
@@ -105,8 +119,8 @@ class QTOpt(tf.Module):
         weights = self.online.trainable_weights
         with tf.GradientTape() as tape:
             logits = self.online(batch[tr.OBSERVATION], batch[schema.ACTION], training=True)
-            cross_entropy = tf.reduce_mean(
-                tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits)
+            cross_entropy = weighted_cross_entropy(
+                y, logits, batch[tr.TERMINAL], self.config.terminal_weight
             )
             loss = cross_entropy + self.l2_penalty()
         grads = tape.gradient(loss, weights)

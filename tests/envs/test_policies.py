@@ -48,10 +48,16 @@ def test_make_policy_builds_named_policies(env):
     assert isinstance(scripted, policies.ScriptedGrasper)
     assert scripted.env is env
     assert scripted.name == "scripted"
+    wide = policies.make_policy("scripted_wide", env)
+    assert isinstance(wide, policies.ScriptedGrasper)
+    assert wide.name == "scripted_wide" and wide.xy_noise_range == policies.WIDE_XY_NOISE
 
 
 def test_make_policy_rejects_unknown_names(env):
-    with pytest.raises(ValueError, match="unknown policy 'nope'; expected one of random, scripted, random_grasp"):
+    with pytest.raises(
+        ValueError,
+        match="unknown policy 'nope'; expected one of random, scripted, random_grasp, scripted_wide",
+    ):
         policies.make_policy("nope", env)
 
 
@@ -64,6 +70,32 @@ def test_scripted_grasper_closes_before_the_forced_last_step(env):
             early += 1
     # Measured: all 10 episodes close on their 5th to 7th step.
     assert early >= 8
+
+
+def _aim_offsets(env, policy, seeds) -> np.ndarray:
+    """The lateral distance from each episode's aim to the object it picked."""
+    offsets = []
+    for seed in seeds:
+        env.reset(seed)
+        policy.reset(np.random.default_rng([seed, 1]))
+        picked = min(
+            (pose for pose, _ in env.object_poses()),
+            key=lambda pose: np.linalg.norm(pose[:2] - policy._goal[:2]),
+        )
+        offsets.append(float(np.linalg.norm(picked[:2] - policy._goal[:2])))
+    return np.asarray(offsets)
+
+
+def test_scripted_wide_aims_further_from_its_object_than_scripted(env):
+    seeds = range(40)
+    narrow = _aim_offsets(env, policies.make_policy("scripted", env), seeds)
+    wide = _aim_offsets(env, policies.make_policy("scripted_wide", env), seeds)
+    # Measured over these 40 seeds: scripted (std 1.5 cm per axis) aims 1.8 cm off on
+    # average, 25th/90th percentiles 0.9/2.9 cm; scripted_wide (std drawn from [0, 4] cm)
+    # 2.2 cm, 0.6/5.0 cm: more grasps right on the object and many more far off it.
+    assert narrow.mean() < 0.025
+    assert np.percentile(wide, 90) > np.percentile(narrow, 90) + 0.01
+    assert np.percentile(wide, 25) < np.percentile(narrow, 25)
 
 
 def test_random_grasp_descends_and_closes_near_the_floor_where_it_wandered(env):

@@ -110,6 +110,23 @@ def test_bellman_target_matches_a_hand_computed_batch():
     assert float(y[0]) == 0.0
 
 
+def test_terminal_transitions_weigh_terminal_weight_times_in_the_loss():
+    y = tf.constant([1.0, 0.0, 0.45, 0.2])
+    logits = tf.constant([0.5, -1.0, 0.0, 2.0])
+    terminal = tf.constant([True, True, False, False])
+    p = 1 / (1 + np.exp(-logits.numpy()))
+    ce = -(y.numpy() * np.log(p) + (1 - y.numpy()) * np.log(1 - p))
+    for w in (1.0, 4.0):
+        expected = (w * ce[0] + w * ce[1] + ce[2] + ce[3]) / 4
+        got = float(qtopt.weighted_cross_entropy(y, logits, terminal, w))
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert float(qtopt.weighted_cross_entropy(y, logits, terminal, 4.0)) > float(
+        qtopt.weighted_cross_entropy(y, logits, terminal, 1.0)
+    )
+    with pytest.raises(ConfigError, match="terminal_weight must be > 0, got 0"):
+        TrainConfig(terminal_weight=0)
+
+
 def test_the_train_step_moves_q_towards_the_targets_and_the_targets_lag():
     config = tiny_config(lag_steps=3, polyak=0.5, learning_rate=1e-2)
     learner = qtopt.QTOpt(config)
