@@ -83,9 +83,9 @@ class ScriptedGrasper:
     sees), picks one object, moves the tool over it with position noise,
     descends and closes at a noisy height. It knows the robot's nominal
     kinematics only, so it is no oracle on the morphology tasks either.
+    With `xy_noise_range` the aim's noise std is drawn per episode from that
+    range instead of being `xy_noise` (the `scripted_wide` policy).
     """
-
-    name = "scripted"
 
     def __init__(
         self,
