@@ -1,5 +1,6 @@
 """Tests for gs:// publishing (neverstop/pipelines/remote.py) against a local GCS emulator."""
 
+import json
 import os
 import socket
 import subprocess
@@ -14,9 +15,38 @@ from tests.pipelines.test_ingest import _LOAD_SCRIPT, _config, _digests, _episod
 emulator = pytest.importorskip("gcp_storage_emulator.server")
 
 
+def _byte_exact_uploads(original):
+    """The emulator's `_read_data`, with gcsfs's multipart uploads parsed byte for byte.
+
+    gcsfs uploads a file under 5 MiB as one multipart/related body whose parts
+    end in a bare b"\\n" before the boundary. The emulator parses it with
+    Python's email parser, which takes a final b"\\r" of the file for half of a
+    CRLF and drops it: a shard whose last byte was 0x0D (its last record's CRC
+    decides, so about 1 shard in 256) came back one byte short. This parser
+    cuts at the boundary instead and removes exactly the b"\\n" gcsfs added.
+    """
+
+    def read_data(handler, query):
+        content_type = handler.headers.get("Content-Type") or ""
+        if not content_type.startswith("multipart/related"):
+            return original(handler, query)
+        body = emulator._decode_raw_data(emulator._read_raw_data(handler), handler)
+        boundary = b"--" + content_type.split("boundary=", 1)[1].strip('"').encode()
+        parts = body.split(boundary)
+        assert len(parts) == 4 and parts[-1].startswith(b"--"), "not a gcsfs multipart body"
+        (_, meta), (headers, content) = (
+            p[1:-1].split(b"\n\n", 1) for p in parts[1:3]  # b"\n" after and before each boundary
+        )
+        part_type = headers.decode().split("Content-Type:", 1)[1].strip()
+        return {"meta": json.loads(meta), "content": content, "content-type": part_type}
+
+    return read_data
+
+
 @pytest.fixture
 def gcs(monkeypatch):
     """A GCS emulator on a free loopback port with an empty bucket 'bucket'."""
+    monkeypatch.setattr(emulator, "_read_data", _byte_exact_uploads(emulator._read_data))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -86,3 +116,20 @@ def test_the_card_is_uploaded_last(gcs, tmp_path, monkeypatch):
     monkeypatch.setattr(gcs, "put_file", recording_put)
     remote.publish(str(staging), "gs://bucket/x/1.0.0", gcs)
     assert order == ["a-features.json", "z-shard", "dataset_info.json"]
+
+
+@pytest.mark.parametrize("last", [b"\r", b"\n", b"\r\n", b"\n\n", b"x"])
+def test_a_file_round_trips_byte_for_byte_whatever_its_last_bytes(gcs, tmp_path, last):
+    """A regression test for the emulator's dropped final 0x0D (`_byte_exact_uploads`)."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    shard = b"\x00\r\n" * 100 + last
+    (staging / "grasps-train.tfrecord-00000-of-00001").write_bytes(shard)
+    (staging / "dataset_info.json").write_text("{}")
+    remote.publish(str(staging), "gs://bucket/tfds/grasps/base/1.0.0", gcs)
+    assert gcs.cat("bucket/tfds/grasps/base/1.0.0/grasps-train.tfrecord-00000-of-00001") == shard
+    fetched = remote.fetch("gs://bucket/tfds/grasps/base/1.0.0", str(tmp_path / "fetched"), gcs)
+    with open(os.path.join(fetched, "grasps-train.tfrecord-00000-of-00001"), "rb") as f:
+        assert f.read() == shard
+    with open(os.path.join(fetched, "dataset_info.json")) as f:
+        assert f.read() == "{}"
