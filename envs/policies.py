@@ -84,7 +84,11 @@ class ScriptedGrasper:
     descends and closes at a noisy height. It knows the robot's nominal
     kinematics only, so it is no oracle on the morphology tasks either.
     With `xy_noise_range` the aim's noise std is drawn per episode from that
-    range instead of being `xy_noise` (the `scripted_wide` policy).
+    range instead of being `xy_noise` (the `scripted_wide` policy). With
+    `reach_range` it stops short of its aim by a reach drawn per episode from
+    that range, descends there, and makes the last lateral move and the close
+    in one step (the `scripted_reach` policy): closings whose move spans
+    centimetres, as a learned policy's often do.
     """
 
     def __init__(
@@ -94,12 +98,15 @@ class ScriptedGrasper:
         height_noise: float = 0.01,
         action_noise: float = 0.1,
         xy_noise_range: Optional[Tuple[float, float]] = None,
+        reach_range: Optional[Tuple[float, float]] = None,
         name: str = "scripted",
     ):
         self.env = env
         self.name = name
         self.xy_noise = xy_noise
         self.xy_noise_range = xy_noise_range
+        self.reach_range = reach_range
+        self._reach: Optional[float] = None
         self.height_noise = height_noise
         self.action_noise = action_noise
         self._goal: Optional[np.ndarray] = None
@@ -126,6 +133,8 @@ class ScriptedGrasper:
         )
         self._goal = goal
         self._goal_yaw = rng.uniform(-math.pi / 2, math.pi / 2)
+        if self.reach_range is not None:
+            self._reach = float(rng.uniform(*self.reach_range))
 
     def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
         if self._goal is None:
@@ -134,14 +143,23 @@ class ScriptedGrasper:
         tcp = self.env.tcp_position()
         error = self._goal - tcp
         action = np.zeros(schema.ACTION_DIM, np.float32)
-        action[:2] = error[:2] / cfg.translation_scale
         lateral = float(np.linalg.norm(error[:2]))
+        low = abs(error[2]) < 0.015
+        if self._reach is None:
+            move, near, arrived = error[:2], 0.03, lateral < 0.02 and low
+        else:
+            # Stand off at 0.8 x reach, hold there while descending, then
+            # move onto the aim and close in the same step.
+            reach = self._reach
+            standoff = error[:2] * (1.0 - 0.8 * reach / lateral) if lateral >= reach else 0.0
+            move = error[:2] if lateral < reach and low else standoff
+            near, arrived = reach + 0.03, lateral < reach and low
+        action[:2] = move / cfg.translation_scale
         # Descend fully once roughly above the goal, gently before that.
-        descent = error[2] if lateral < 0.03 else max(error[2], -0.02)
+        descent = error[2] if lateral < near else max(error[2], -0.02)
         action[2] = descent / cfg.translation_scale
         action[3] = (self._goal_yaw - self.env.yaw) / cfg.rotation_scale
         action[:4] += rng.normal(0.0, self.action_noise, 4)
-        arrived = lateral < 0.02 and abs(error[2]) < 0.015
         action[4] = 1.0 if arrived else -1.0
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
@@ -220,13 +238,16 @@ class EpsilonGreedy:
         return actor(observation, rng)
 
 
-POLICY_NAMES = ("random", "scripted", "random_grasp", "scripted_wide")
+POLICY_NAMES = ("random", "scripted", "random_grasp", "scripted_wide", "scripted_reach")
 
 # scripted_wide: the scripted grasper with its aim's lateral noise (std, metres)
 # drawn per episode from this range, so its closings spread from on the
 # object to several centimetres off it: grasps whose outcomes show a Q-function
 # how success falls with the distance at closing.
 WIDE_XY_NOISE = (0.0, 0.04)
+# scripted_reach: how far short of its aim (metres) the scripted grasper stops
+# before its closing step, drawn per episode; that step's move is 0.8 x this.
+REACH_RANGE = (0.02, 0.06)
 
 
 def make_policy(
@@ -244,6 +265,9 @@ def make_policy(
         "scripted": lambda: ScriptedGrasper(env),
         "scripted_wide": lambda: ScriptedGrasper(
             env, xy_noise_range=WIDE_XY_NOISE, name="scripted_wide"
+        ),
+        "scripted_reach": lambda: ScriptedGrasper(
+            env, reach_range=REACH_RANGE, name="scripted_reach"
         ),
         "random_grasp": RandomGraspPolicy,
     }
