@@ -105,6 +105,10 @@ class ScriptedGrasper:
         self.name = name
         self.xy_noise = xy_noise
         self.xy_noise_range = xy_noise_range
+        if reach_range is not None and not 0.0 < reach_range[0] <= reach_range[1]:
+            raise ValueError(
+                f"reach_range must be (low, high) metres with 0 < low <= high, got {reach_range}"
+            )
         self.reach_range = reach_range
         self._reach: Optional[float] = None
         self.height_noise = height_noise

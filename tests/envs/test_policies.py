@@ -123,6 +123,12 @@ def test_scripted_reach_closes_with_a_long_last_move(env):
     assert np.percentile(reach, 25) > np.percentile(scripted, 75)
 
 
+@pytest.mark.parametrize("reach_range", [(0.0, 0.05), (0.05, 0.02), (-0.01, 0.02)])
+def test_scripted_reach_rejects_a_reach_range_that_is_not_positive_and_ordered(env, reach_range):
+    with pytest.raises(ValueError, match=r"reach_range must be \(low, high\) metres"):
+        policies.ScriptedGrasper(env, reach_range=reach_range)
+
+
 def test_random_grasp_descends_and_closes_near_the_floor_where_it_wandered(env):
     closing_heights, xs = [], []
     for seed in range(8):
