@@ -152,11 +152,13 @@ class ScriptedGrasper:
         if self._reach is None:
             move, near, arrived = error[:2], 0.03, lateral < 0.02 and low
         else:
-            # Stand off at 0.8 x reach, hold there while descending, then
-            # move onto the aim and close in the same step.
+            # Approach to 0.8 x reach from the aim, hold there while descending,
+            # then move onto the aim and close in the same step.
             reach = self._reach
-            standoff = error[:2] * (1.0 - 0.8 * reach / lateral) if lateral >= reach else 0.0
-            move = error[:2] if lateral < reach and low else standoff
+            if lateral >= reach:
+                move = error[:2] * (1.0 - 0.8 * reach / lateral)
+            else:
+                move = error[:2] if low else np.zeros(2)
             near, arrived = reach + 0.03, lateral < reach and low
         action[:2] = move / cfg.translation_scale
         # Descend fully once roughly above the goal, gently before that.
