@@ -24,6 +24,7 @@ from neverstop.version import __version__  # noqa: E402
 POLICY_NAMES = ("scripted", "random", "random_grasp", "scripted_wide", "scripted_reach")
 EXPLORER_NAMES = ("random", "moves")  # == tuple(neverstop.envs.policies.EXPLORERS)
 RENDERERS = ("tiny", "egl", "auto")
+ACTING = ("cem", "actor")  # trainers.config.ACTING, without importing TensorFlow
 
 EPILOG = """examples:
   neverstop quickstart
@@ -254,6 +255,8 @@ def _train_config(args):
             changes[field] = value
     if args.no_augment:
         changes["augment"] = False
+    if args.actor:
+        changes.update(actor=True, acting="actor")
     return config.replace(**changes)
 
 
@@ -298,10 +301,11 @@ def _cmd_eval(args) -> int:
             object_split=args.split,
             renderer=args.renderer,
             progress=tick,
+            acting=args.acting,
         )
     low, high = result["interval_95"]
     print(
-        f"{result['policy']} on {args.task} ({args.split} objects): {result['successes']}/"
+        f"{result['policy']} ({result['acting']}) on {args.task} ({args.split} objects): {result['successes']}/"
         f"{result['episodes']} = {result['success_rate']:.1%}, 95% interval "
         f"[{low:.1%}, {high:.1%}], {result['seconds']:.0f} s"
     )
@@ -316,7 +320,7 @@ def _cmd_eval(args) -> int:
 def _cmd_export(args) -> int:
     from neverstop.trainers import export
 
-    info = export.export(args.checkpoint, args.out, seed=args.seed)
+    info = export.export(args.checkpoint, args.out, seed=args.seed, acting=args.acting)
     print(f"wrote a SavedModel policy of {info['checkpoint']} to {args.out}")
     print("serving_default: (image, gripper_closed, height_to_bottom) -> action")
     return 0
@@ -611,6 +615,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def acting_flag(p):
+        p.add_argument(
+            "--acting",
+            choices=ACTING,
+            help="how the policy acts: cem (argmax of Q) or actor (runs trained with "
+            "actor: true); default: the run's config.acting",
+        )
+
     def env_flags(p, split_default="eval"):
         p.add_argument(
             "--task", default="base", choices=schema.TASKS, help="which world (default: base)"
@@ -890,6 +902,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--no-augment", action="store_true", help="train on unaugmented images")
     p.add_argument(
+        "--actor",
+        action="store_true",
+        help="also train an actor on the successful episodes' actions and act with it "
+        "(config actor: true, acting: actor; docs/trainer.md)",
+    )
+    p.add_argument(
         "--deterministic",
         action="store_true",
         help="TF op determinism: bit-exact reruns and resumes (slower)",
@@ -898,8 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="success rate of a checkpoint's greedy CEM policy, with a 95%% interval",
-        description="Runs the checkpoint's greedy CEM policy for --episodes seeded episodes "
+        help="success rate of a checkpoint's greedy policy, with a 95%% interval",
+        description="Runs the checkpoint's greedy policy (CEM over Q, or the actor of a run "
+        "trained with one: --acting) for --episodes seeded episodes "
         "(held-out objects by default) in --workers processes and reports the success rate "
         "with its Wilson 95%% interval as JSON (to --out, or stdout).",
         epilog="example: neverstop eval --checkpoint runs/base --task base --episodes 200 "
@@ -916,6 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=1_000_000, help="base seed of the episodes")
     p.add_argument("--out", help="write the JSON result here")
+    acting_flag(p)
     p.set_defaults(fn=_cmd_eval)
 
     p = sub.add_parser(
@@ -923,12 +943,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a checkpoint's policy as a SavedModel",
         description="Writes a SavedModel whose serving_default signature maps (image uint8 "
         "[B,64,64,3], gripper_closed [B], height_to_bottom [B]) to action [B,5] by greedy "
-        "CEM. Loading it needs TensorFlow only.",
+        "CEM (or the run's actor: --acting). Loading it needs TensorFlow only.",
         epilog="example: neverstop export --checkpoint runs/base --out exported/base",
     )
     p.add_argument("--checkpoint", required=True, help="a run dir (newest checkpoint) or prefix")
     p.add_argument("--out", required=True, help="new directory for the SavedModel")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's CEM generator")
+    acting_flag(p)
     p.set_defaults(fn=_cmd_export)
 
     p = sub.add_parser(

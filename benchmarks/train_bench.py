@@ -85,6 +85,7 @@ def synthetic_batch(config: TrainConfig, seed: int = 0) -> Dict:
         schema.REWARD: tf.constant((rng.random(b) < 0.3).astype(np.float32)),
         tr.NEXT_OBSERVATION: observation(),
         tr.TERMINAL: tf.constant(rng.random(b) < 0.3),
+        tr.SUCCESS: tf.constant(rng.random(b) < 0.5),
     }
 
 

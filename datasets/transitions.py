@@ -34,6 +34,7 @@ TERMINAL = "terminal"
 EPISODE_ID = "episode_id"
 STEP = "step"
 SOURCE = "source"
+SUCCESS = "episode_success"  # the transition's episode ended in a successful grasp
 
 _S = schema.STEPS
 _O = f"{_S}/{schema.OBSERVATION}"
@@ -75,7 +76,8 @@ class Table:
     Steps: `images` (encoded, or decoded by `decode_table`), `gripper_closed`, `height_to_bottom`,
     `action` [N, 5], `reward`, `terminal_step` (is_last and is_terminal).
     Transitions: `state` (index of s; s' is state + 1), `step` (t within
-    the episode), `episode` (index into `episode_ids`), `source`.
+    the episode), `episode` (index into `episode_ids` and `episode_success`,
+    True where the episode's best reward is a success's 1.0), `source`.
     `episode_starts[k]` holds the first transition of each episode of source
     k and one past its last, for episode-level shuffling.
     """
@@ -86,6 +88,7 @@ class Table:
     episode: tf.Tensor
     source: tf.Tensor
     episode_ids: tf.Tensor
+    episode_success: tf.Tensor
     episode_starts: List[np.ndarray]
 
 
@@ -117,6 +120,8 @@ def build_table(sources: Sequence[tf.data.Dataset], batch: int = 1024) -> Table:
                 + episode_offset,
                 "source": tf.fill([int(starts[-1] - starts[0])], tf.constant(index, tf.int32)),
                 "episode_ids": episodes[EPISODE_ID],
+                # 1.0 on the final step for a held object; per-step penalties are < 0.
+                "episode_success": tf.reduce_max(episodes[schema.REWARD], axis=1) > 0.5,
             }
         )
         step_offset += int(tf.reduce_sum(lengths))
@@ -134,6 +139,7 @@ def build_table(sources: Sequence[tf.data.Dataset], batch: int = 1024) -> Table:
         episode=tf.concat([p["episode"] for p in parts], 0),
         source=tf.concat([p["source"] for p in parts], 0),
         episode_ids=tf.concat([p["episode_ids"] for p in parts], 0),
+        episode_success=tf.concat([p["episode_success"] for p in parts], 0),
         episode_starts=episode_starts,
     )
 
@@ -190,13 +196,15 @@ def gather(table: Table):
 
     def fn(indices: tf.Tensor) -> dict:
         state = tf.gather(table.state, indices)
+        episode = tf.gather(table.episode, indices)
         return {
             OBSERVATION: observation(state),
             schema.ACTION: tf.gather(table.steps[schema.ACTION], state),
             schema.REWARD: tf.gather(table.steps[schema.REWARD], state),
             NEXT_OBSERVATION: observation(state + 1),
             TERMINAL: tf.gather(table.steps["terminal_step"], state + 1),
-            EPISODE_ID: tf.gather(table.episode_ids, tf.gather(table.episode, indices)),
+            EPISODE_ID: tf.gather(table.episode_ids, episode),
+            SUCCESS: tf.gather(table.episode_success, episode),
             STEP: tf.gather(table.step, indices),
             SOURCE: tf.gather(table.source, indices),
         }

@@ -217,6 +217,9 @@ def test_cli_choices_match_the_library():
     assert set(cli.POLICY_NAMES) == set(policies.POLICY_NAMES)
     assert cli.EXPLORER_NAMES == tuple(policies.EXPLORERS)
     assert set(cli.RENDERERS) == set(grasp_env.RENDERERS)
+    from neverstop.trainers import config
+
+    assert cli.ACTING == config.ACTING
 
 
 def test_ingest_then_datasets_list_and_show(tmp_path):
@@ -347,11 +350,17 @@ def test_bench_train_prints_the_late_merge_fraction_last(monkeypatch, capsys):
 def test_eval_prints_the_rate_and_interval_and_writes_json(monkeypatch, capsys, tmp_path):
     from neverstop.trainers import evaluate
 
-    def fake_evaluate(checkpoint, task, episodes, workers, seed, object_split, renderer, progress):
+    calls = []
+
+    def fake_evaluate(
+        checkpoint, task, episodes, workers, seed, object_split, renderer, progress, acting
+    ):
+        calls.append(acting)
         for ok in (True, False, True):  # a disabled (non-tty) bar must not break the count
             progress(ok)
         return {
             "policy": "qtopt:run.ckpt-5",
+            "acting": acting or "cem",
             "successes": 2,
             "episodes": 3,
             "success_rate": 2 / 3,
@@ -363,8 +372,20 @@ def test_eval_prints_the_rate_and_interval_and_writes_json(monkeypatch, capsys, 
     out = tmp_path / "e.json"
     assert cli.main(["eval", "--checkpoint", "x", "--episodes", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
+    assert "qtopt:run.ckpt-5 (cem) on base" in text
     assert "2/3 = 66.7%, 95% interval [20.0%, 94.0%]" in text
     assert json.loads(out.read_text())["successes"] == 2
+    assert cli.main(["eval", "--checkpoint", "x", "--acting", "actor", "--out", str(out)]) == 0
+    assert calls == [None, "actor"] and "(actor) on base" in capsys.readouterr().out
+
+
+def test_train_with_actor_trains_and_acts_with_one():
+    parser = cli.build_parser()
+    base = ["train", "--mixture", "base:train:1", "--data-dir", "d", "--run-dir", "r"]
+    config = cli._train_config(parser.parse_args(base))
+    assert (config.actor, config.acting) == (False, "cem")
+    config = cli._train_config(parser.parse_args(base + ["--actor"]))
+    assert (config.actor, config.acting) == (True, "actor")
 
 
 def test_train_reports_bad_input_as_an_error_line(capsys, tmp_path):

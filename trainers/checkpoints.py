@@ -76,7 +76,8 @@ def restore_online(
     checking that the checkpoint's architecture matches `network`'s."""
     saved = read_config(ref.run_dir)
     check_compatible(saved.as_dict(), config or network.config, ref.prefix)
-    checkpoint = tf.train.Checkpoint(online_tower=network.tower, online_head=network.head)
+    parts = {f"online_{k}": v for k, v in network.parts().items()}
+    checkpoint = tf.train.Checkpoint(**parts)
     checkpoint.restore(ref.prefix).expect_partial().assert_existing_objects_matched()
 
 

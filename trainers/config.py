@@ -16,10 +16,11 @@ from typing import Any, Dict, Optional
 MODES = ("pretrain", "finetune", "scratch", "imagenet")
 MERGES = ("late", "qtopt")
 CEM_SELECT = ("best", "mean")
+ACTING = ("cem", "actor")
 # Fields that change the network's variables: a checkpoint can only be
 # restored into a network built with the same values.
 # What a config written before a field existed meant by its absence.
-LEGACY_DEFAULTS = {"keypoints": False}
+LEGACY_DEFAULTS = {"keypoints": False, "actor": False, "actor_weight": 1.0, "acting": "cem"}
 
 ARCHITECTURE_FIELDS = (
     "merge",
@@ -28,6 +29,7 @@ ARCHITECTURE_FIELDS = (
     "qtopt_convs",
     "image_size",
     "keypoints",
+    "actor",
 )
 
 
@@ -72,6 +74,15 @@ class TrainConfig:
     # (x, y), where in the image that channel fires (docs/trainer.md). None:
     # on with `late`, off with `qtopt`.
     keypoints: Optional[bool] = None
+    # An actor beside the Q-function (docs/trainer.md, "The actor"): its own
+    # tower and a dense head, image + gripper state -> action, trained by
+    # regression onto the actions of successful episodes (positive-filtered
+    # behaviour cloning, as AW-Opt's actor) with weight actor_weight in the
+    # loss. acting: what the policy does with a checkpoint, "cem" (QT-Opt's
+    # argmax of Q) or "actor" (the actor's action; needs actor).
+    actor: bool = False
+    actor_weight: float = 1.0
+    acting: str = "cem"
     # Optimisation.
     steps: int = 20_000
     batch_size: int = 64
@@ -103,6 +114,7 @@ class TrainConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
         if self.merge not in MERGES:
             raise ConfigError(f"unknown merge {self.merge!r}; expected one of {', '.join(MERGES)}")
+        check_acting(self, self.acting, "this config")
         if self.keypoints is None:
             object.__setattr__(self, "keypoints", self.merge == "late")
         if self.keypoints and self.merge != "late":
@@ -121,7 +133,7 @@ class TrainConfig:
             raise ConfigError(f"terminal_weight must be > 0, got {self.terminal_weight}")
         if not 0.0 <= self.polyak < 1.0:
             raise ConfigError(f"polyak must be in [0, 1), got {self.polyak}")
-        for name in ("learning_rate", "finetune_lr_scale", "grad_clip_norm"):
+        for name in ("learning_rate", "finetune_lr_scale", "grad_clip_norm", "actor_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value}")
@@ -175,6 +187,17 @@ def check_compatible(saved: Dict[str, Any], config: TrainConfig, where: str) -> 
             f"checkpoint {where} was trained with an incompatible network config ("
             + "; ".join(diffs)
             + "); use the same architecture or start a new run"
+        )
+
+
+def check_acting(config: TrainConfig, acting: str, where: str) -> None:
+    """Raises ConfigError unless a network trained with `config` can act by `acting`."""
+    if acting not in ACTING:
+        raise ConfigError(f"unknown acting {acting!r}; expected one of {', '.join(ACTING)}")
+    if acting == "actor" and not config.actor:
+        raise ConfigError(
+            f'{where}: acting "actor" needs a network with an actor (config actor: true) '
+            'and this one has none; act with "cem"'
         )
 
 

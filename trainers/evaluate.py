@@ -1,4 +1,4 @@
-"""`neverstop eval`: a checkpoint's greedy CEM policy on held-out objects.
+"""`neverstop eval`: a checkpoint's greedy policy (CEM, or its actor) on held-out objects.
 
 Episodes are split over worker processes (spawned, one TF thread each, the
 network loaded once per process). Episode i uses the seed
@@ -19,19 +19,19 @@ from neverstop import schema
 _WORKER = {}
 
 
-def _init_worker(checkpoint: str, task: str, object_split: str, renderer: str) -> None:
+def _init_worker(*args) -> None:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    _load(checkpoint, task, object_split, renderer)
+    _load(*args)
 
 
-def _load(checkpoint: str, task: str, object_split: str, renderer: str) -> None:
+def _load(checkpoint: str, task: str, object_split: str, renderer: str, acting: str) -> None:
     from neverstop.envs import grasp_env
     from neverstop.trainers import policy as policy_lib
 
-    _WORKER["policy"] = policy_lib.from_checkpoint(checkpoint)
+    _WORKER["policy"] = policy_lib.from_checkpoint(checkpoint, acting=acting)
     config = grasp_env.EnvConfig(object_split=object_split, renderer=renderer)
     _WORKER["env"] = grasp_env.GraspEnv(task, config)
 
@@ -52,10 +52,13 @@ def evaluate(
     object_split: str = "eval",
     renderer: str = "tiny",
     progress: Optional[Callable[[bool], None]] = None,
+    acting: Optional[str] = None,
 ) -> dict:
-    """Runs the evaluation; returns the JSON-able result."""
+    """Runs the evaluation; returns the JSON-able result. `acting` None: the
+    run's config.acting."""
     from neverstop.envs import collect, rollout
     from neverstop.trainers import checkpoints
+    from neverstop.trainers.config import check_acting
 
     schema.validate_task(task)
     if episodes < 1:
@@ -63,11 +66,13 @@ def evaluate(
     if workers < 0:
         raise ValueError(f"--workers must be >= 0 (0: in this process), got {workers}")
     ref = checkpoints.locate(checkpoint)
-    checkpoints.read_config(ref.run_dir)  # fail here, not in every worker
+    config = checkpoints.read_config(ref.run_dir)  # fail here, not in every worker
+    acting = acting or config.acting
+    check_acting(config, acting, checkpoint)
     seeds = [collect.episode_seed(seed, i) for i in range(episodes)]
     start = time.perf_counter()
     results: List[Tuple[int, bool, int]] = []
-    initargs = (ref.prefix, task, object_split, renderer)
+    initargs = (ref.prefix, task, object_split, renderer, acting)
     if workers == 0:
         _load(*initargs)
         try:
@@ -95,6 +100,7 @@ def evaluate(
         "checkpoint": ref.id,
         "checkpoint_prefix": os.path.abspath(ref.prefix),
         "policy": f"qtopt:{ref.id}",
+        "acting": acting,
         "object_split": object_split,
         "episodes": episodes,
         "successes": successes,

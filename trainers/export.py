@@ -2,8 +2,8 @@
 
 The SavedModel's `serving_default` signature maps a batch of observations
 (image uint8 [B, 64, 64, 3], gripper_closed float32 [B], height_to_bottom
-float32 [B]) to {"action": float32 [B, 5]} by the same greedy CEM the
-trainer evaluates with. Its CEM seeds come from a tf.random.Generator saved
+float32 [B]) to {"action": float32 [B, 5]} by the same greedy policy the
+trainer evaluates with (CEM over Q, or the actor: `acting`). Its CEM seeds come from a tf.random.Generator saved
 inside the model, so repeated calls explore different samples. Loading it
 needs only TensorFlow: no neverstop code (tested in a fresh process).
 `policy.json` next to it records the checkpoint, the CEM settings and the
@@ -11,21 +11,26 @@ signature.
 """
 
 import os
+from typing import Optional
 
 import tensorflow as tf
 
 from neverstop import jsonfile, schema
 from neverstop.trainers import checkpoints
 from neverstop.trainers import policy as policy_lib
-from neverstop.trainers.config import CEMConfig
+from neverstop.trainers.config import CEMConfig, check_acting
 from neverstop.trainers.networks import QNetwork
 
 
 class ExportedPolicy(tf.Module):
-    def __init__(self, network: QNetwork, cem_config: CEMConfig, seed: int = 0):
+    def __init__(
+        self, network: QNetwork, cem_config: CEMConfig, seed: int = 0, acting: str = "cem"
+    ):
         super().__init__(name="neverstop_policy")
-        self.tower = network.tower
-        self.head = network.head
+        check_acting(network.config, acting, "the checkpoint")
+        for name, part in network.parts().items():
+            setattr(self, name, part)
+        self._acting = acting
         self.rng = tf.random.Generator.from_seed(seed)
         self._network = network
         self._cem = cem_config
@@ -40,19 +45,25 @@ class ExportedPolicy(tf.Module):
             schema.GRIPPER_CLOSED: gripper_closed,
             schema.HEIGHT_TO_BOTTOM: height_to_bottom,
         }
-        return {"action": policy_lib.greedy_actions(self._network, self._cem, observation, seed)}
+        action = policy_lib.greedy_actions(
+            self._network, self._cem, observation, seed, self._acting
+        )
+        return {"action": action}
 
 
-def export(checkpoint: str, out: str, seed: int = 0) -> dict:
-    """Writes the SavedModel to `out` (refuses a non-empty `out`)."""
+def export(checkpoint: str, out: str, seed: int = 0, acting: Optional[str] = None) -> dict:
+    """Writes the SavedModel to `out` (refuses a non-empty `out`). `acting`
+    None: the run's config.acting."""
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"--out {out}: exists and is not empty; choose a new directory")
     network, config, ref = checkpoints.load_network(checkpoint)
-    module = ExportedPolicy(network, config.cem, seed)
+    acting = acting or config.acting
+    module = ExportedPolicy(network, config.cem, seed, acting)
     tf.saved_model.save(module, out, signatures={"serving_default": module.act})
     info = {
         "checkpoint": ref.id,
         "checkpoint_prefix": os.path.abspath(ref.prefix),
+        "acting": acting,
         "cem": config.as_dict()["cem"],
         "merge": config.merge,
         "signature": {

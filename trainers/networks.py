@@ -12,6 +12,11 @@ It is two Keras models so CEM can run the image tower once per state and the
   `qtopt_convs` more conv layers before the dense layers (QT-Opt's merge:
   every CEM sample pays for those convs).
 
+With `actor` on, the network also holds an actor (`actor_tower`,
+`actor_head`): its own conv tower (the same stack) and a dense layer over
+(features, state) -> tanh action [B, 5]. It shares nothing with Q, so the
+TD error and the behaviour-cloning error never pull on the same weights.
+
 `layer_flops` counts multiply-adds x2 of every conv and dense layer for
 one example, the numbers `neverstop bench train` adds up.
 """
@@ -105,14 +110,48 @@ def build_head(config: TrainConfig, feature_shape: Tuple[int, ...], name: str = 
     return tf.keras.Model([features, state, action], logit, name=name)
 
 
-class QNetwork(tf.Module):
-    """A tower and a head; `variables` in a fixed order (tower, then head)."""
+def build_actor_head(config: TrainConfig, feature_shape: Tuple[int, ...], name: str = "actor"):
+    """(features, state) -> action [B, 5] in [-1, 1]."""
+    features = tf.keras.Input(feature_shape, name="features")
+    state = tf.keras.Input((STATE_DIM,), name="state")
+    x = tf.keras.layers.Flatten(name="flatten")(features)
+    x = tf.keras.layers.Concatenate(name="merge")([x, state])
+    x = tf.keras.layers.Dense(config.head_units[-1], activation="relu", name="fc0")(x)
+    action = tf.keras.layers.Dense(schema.ACTION_DIM, activation="tanh", name="action")(x)
+    return tf.keras.Model([features, state], action, name=name)
 
-    def __init__(self, config: TrainConfig, name: str = "q"):
+
+class QNetwork(tf.Module):
+    """A tower and a head (and, with `actor`, an actor tower and head);
+    `weights` in a fixed order: tower, head, then the actor's."""
+
+    def __init__(self, config: TrainConfig, name: str = "q", with_actor: bool = True):
         super().__init__(name=name)
         self.config = config
         self.tower = build_tower(config, f"{name}_tower")
         self.head = build_head(config, tuple(self.tower.output_shape[1:]), f"{name}_head")
+        self.actor_tower = self.actor_head = None
+        if config.actor and with_actor:
+            self.actor_tower = build_tower(config, f"{name}_actor_tower")
+            self.actor_head = build_actor_head(
+                config, tuple(self.actor_tower.output_shape[1:]), f"{name}_actor_head"
+            )
+
+    @property
+    def has_actor(self) -> bool:
+        return self.actor_tower is not None
+
+    def parts(self) -> Dict[str, tf.keras.Model]:
+        """The Keras models by checkpoint name (tower, head[, actor_tower, actor_head])."""
+        parts = {"tower": self.tower, "head": self.head}
+        if self.has_actor:
+            parts.update(actor_tower=self.actor_tower, actor_head=self.actor_head)
+        return parts
+
+    @property
+    def q_weights(self) -> List[tf.Variable]:
+        """Q's weights only: what target networks copy."""
+        return list(self.tower.weights) + list(self.head.weights)
 
     @property
     def feature_shape(self) -> Tuple[int, ...]:
@@ -120,11 +159,11 @@ class QNetwork(tf.Module):
 
     @property
     def weights(self) -> List[tf.Variable]:
-        return list(self.tower.weights) + list(self.head.weights)
+        return [w for part in self.parts().values() for w in part.weights]
 
     @property
     def trainable_weights(self) -> List[tf.Variable]:
-        return list(self.tower.trainable_weights) + list(self.head.trainable_weights)
+        return [w for part in self.parts().values() for w in part.trainable_weights]
 
     def features(self, image: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.tower(image, training=training)
@@ -137,8 +176,14 @@ class QNetwork(tf.Module):
         features = self.features(observation[schema.IMAGE], training)
         return self.logits(features, state_vector(observation), action, training)
 
+    def act(self, observation: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """The actor's actions [B, 5]."""
+        features = self.actor_tower(observation[schema.IMAGE], training=training)
+        return self.actor_head([features, state_vector(observation)], training=training)
+
     def copy_from(self, other: "QNetwork") -> None:
-        for mine, theirs in zip(self.weights, other.weights):
+        """Q's weights from `other` (the actor's are never copied)."""
+        for mine, theirs in zip(self.q_weights, other.q_weights, strict=True):
             mine.assign(theirs)
 
     def get_numpy(self) -> List[np.ndarray]:

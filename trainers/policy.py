@@ -1,29 +1,37 @@
-"""The greedy CEM policy: what a trained Q-network does in the world.
+"""The greedy policy: what a trained network does in the world.
 
 `greedy_actions` is the one graph both the in-process policy (evaluation,
-collection with exploration) and the exported SavedModel run: the image
-tower once per state, CEM over the head, the best action found.
+collection with exploration) and the exported SavedModel run: with `acting`
+"cem" (QT-Opt's policy) the image tower once per state, CEM over the head,
+the best action found; with "actor" the actor's action (a network trained
+with `actor`; docs/trainer.md).
 `CEMPolicy` wraps it in the envs.policies interface (`action =
 policy(observation, rng)`, a `name`), so `envs.policies.EpsilonGreedy` and
 the collector take it as they take the scripted policy; envs/ never imports
 this module.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from neverstop import schema
 from neverstop.trainers import cem
-from neverstop.trainers.config import CEMConfig
+from neverstop.trainers.config import CEMConfig, check_acting
 from neverstop.trainers.networks import QNetwork, state_vector
 
 
 def greedy_actions(
-    network: QNetwork, cem_config: CEMConfig, observation: Dict[str, tf.Tensor], seed
+    network: QNetwork,
+    cem_config: CEMConfig,
+    observation: Dict[str, tf.Tensor],
+    seed,
+    acting: str = "cem",
 ) -> tf.Tensor:
-    """[B, 5] actions maximising the network's Q by CEM."""
+    """[B, 5] actions: maximising the network's Q by CEM, or the actor's."""
+    if acting == "actor":
+        return network.act(observation)
     features = network.features(observation[schema.IMAGE])
     state = state_vector(observation)
     action, _ = cem.maximize(
@@ -41,11 +49,16 @@ def input_signature(image_size: int = schema.IMAGE_SIZE):
 
 
 class CEMPolicy:
-    """Greedy CEM over a QNetwork; the CEM seed comes from the caller's rng."""
+    """Greedy CEM over a QNetwork (or its actor, with acting "actor"); the CEM
+    seed comes from the caller's rng."""
 
-    def __init__(self, network: QNetwork, cem_config: CEMConfig, name: str = "qtopt"):
+    def __init__(
+        self, network: QNetwork, cem_config: CEMConfig, name: str = "qtopt", acting: str = "cem"
+    ):
+        check_acting(network.config, acting, name)
         self.network = network
         self.cem_config = cem_config
+        self.acting = acting
         self.name = name
         signature = input_signature(network.config.image_size) + [
             tf.TensorSpec([2], tf.int64, name="seed")
@@ -58,7 +71,7 @@ class CEMPolicy:
             schema.GRIPPER_CLOSED: gripper_closed,
             schema.HEIGHT_TO_BOTTOM: height_to_bottom,
         }
-        return greedy_actions(self.network, self.cem_config, observation, seed)
+        return greedy_actions(self.network, self.cem_config, observation, seed, self.acting)
 
     def __call__(self, observation, rng: np.random.Generator) -> np.ndarray:
         seed = rng.integers(0, 2**31 - 1, size=2, dtype=np.int64)
@@ -71,12 +84,15 @@ class CEMPolicy:
         return action.numpy()[0].astype(np.float32)
 
 
-def from_checkpoint(path: str, epsilon: float = 0.0, explore: str = "random"):
+def from_checkpoint(
+    path: str, epsilon: float = 0.0, explore: str = "random", acting: Optional[str] = None
+):
     """A CEMPolicy named `qtopt:<run>/ckpt-<step>` (epsilon-greedy with the
-    `explore` action, envs.policies.EXPLORERS, when epsilon > 0)."""
+    `explore` action, envs.policies.EXPLORERS, when epsilon > 0). `acting`
+    None: the run's config.acting."""
     from neverstop.envs import policies
     from neverstop.trainers import checkpoints
 
     network, config, ref = checkpoints.load_network(path)
-    policy = CEMPolicy(network, config.cem, name=f"qtopt:{ref.id}")
+    policy = CEMPolicy(network, config.cem, name=f"qtopt:{ref.id}", acting=acting or config.acting)
     return policies.EpsilonGreedy(policy, epsilon, explore) if epsilon > 0 else policy

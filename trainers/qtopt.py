@@ -8,6 +8,15 @@
     Q'1 <- polyak * Q'1 + (1 - polyak) * Q            (every step)
     Q'2 <- Q'1                                         (every lag_steps)
 
+With an actor (config.actor), the loss gains actor_weight times its
+behaviour-cloning error on the batch's transitions from successful episodes,
+
+    L_actor = sum_i success_i * mean_d (pi(s_i)_d - a_i,d)^2 / max(1, sum_i success_i)
+
+(positive-filtered regression, AW-Opt's actor without its advantage
+weighting). The actor has its own weights and its own Adam (and gradient
+clipping), so this term moves only the actor and the actor never moves Q.
+
 Q values are probabilities of a successful grasp (the sigmoid of the
 network's logit); y is clipped to [0, 1] so a per-step penalty cannot push
 the cross-entropy's label out of range. A step whose loss or gradients are
@@ -47,6 +56,14 @@ def weighted_cross_entropy(y, logits, terminal, terminal_weight: float) -> tf.Te
     return tf.reduce_mean(weight * per_example)
 
 
+def behaviour_cloning_loss(predicted, action, success) -> tf.Tensor:
+    """Mean squared error of `predicted` against `action` over the examples
+    whose episode succeeded (0 when none did)."""
+    per_example = tf.reduce_mean(tf.square(predicted - action), axis=-1)
+    success = tf.cast(success, tf.float32)
+    return tf.reduce_sum(success * per_example) / tf.maximum(1.0, tf.reduce_sum(success))
+
+
 def clipped_double_q_target(
     batch: Dict[str, tf.Tensor],
     target1: QNetwork,
@@ -81,13 +98,31 @@ class QTOpt(tf.Module):
         super().__init__(name="qtopt")
         self.config = config
         self.online = QNetwork(config, "online")
-        self.target1 = QNetwork(config, "target1")
-        self.target2 = QNetwork(config, "target2")
+        self.target1 = QNetwork(config, "target1", with_actor=False)
+        self.target2 = QNetwork(config, "target2", with_actor=False)
         self.sync_targets()
         self.optimizer = make_optimizer(config)
-        self.optimizer.build(self.online.trainable_weights)
+        self.optimizer.build(self.q_variables)
+        # The actor's own optimizer: gradient clipping by global norm over Q's
+        # and the actor's gradients together would let one scale the other.
+        self.actor_optimizer = None
+        if self.online.has_actor:
+            self.actor_optimizer = make_optimizer(config)
+            self.actor_optimizer.build(self.actor_variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.rng = tf.random.Generator.from_seed(config.seed)
+
+    @property
+    def q_variables(self) -> list:
+        return list(self.online.tower.trainable_weights) + list(self.online.head.trainable_weights)
+
+    @property
+    def actor_variables(self) -> list:
+        if not self.online.has_actor:
+            return []
+        return list(self.online.actor_tower.trainable_weights) + list(
+            self.online.actor_head.trainable_weights
+        )
 
     def sync_targets(self) -> None:
         """Q'1 = Q'2 = Q (at start, and after loading initial weights)."""
@@ -95,17 +130,17 @@ class QTOpt(tf.Module):
         self.target2.copy_from(self.online)
 
     def checkpoint_items(self) -> dict:
-        return dict(
-            online_tower=self.online.tower,
-            online_head=self.online.head,
-            target1_tower=self.target1.tower,
-            target1_head=self.target1.head,
-            target2_tower=self.target2.tower,
-            target2_head=self.target2.head,
-            optimizer=self.optimizer,
-            step=self.step,
-            rng=self.rng,
-        )
+        items = {}
+        for network in (self.online, self.target1, self.target2):
+            items.update({f"{network.name}_{k}": v for k, v in network.parts().items()})
+        if self.actor_optimizer is not None:
+            items["actor_optimizer"] = self.actor_optimizer
+        return dict(items, optimizer=self.optimizer, step=self.step, rng=self.rng)
+
+    @property
+    def metric_keys(self) -> tuple:
+        keys = ("loss", "cross_entropy", "mean_q", "target_q", "td_error")
+        return keys + (("actor_loss",) if self.online.has_actor else ())
 
     def l2_penalty(self) -> tf.Tensor:
         kernels = [w for w in self.online.trainable_weights if "kernel" in w.name]
@@ -116,27 +151,38 @@ class QTOpt(tf.Module):
         seed = self.rng.make_seeds(1)[:, 0]
         target = clipped_double_q_target(batch, self.target1, self.target2, self.config, seed)
         y = tf.stop_gradient(target["target"])
-        weights = self.online.trainable_weights
+        q_variables, actor_variables = self.q_variables, self.actor_variables
+        weights = q_variables + actor_variables
         with tf.GradientTape() as tape:
             logits = self.online(batch[tr.OBSERVATION], batch[schema.ACTION], training=True)
             cross_entropy = weighted_cross_entropy(
                 y, logits, batch[tr.TERMINAL], self.config.terminal_weight
             )
             loss = cross_entropy + self.l2_penalty()
+            if self.online.has_actor:
+                predicted = self.online.act(batch[tr.OBSERVATION], training=True)
+                actor_loss = behaviour_cloning_loss(
+                    predicted, batch[schema.ACTION], batch[tr.SUCCESS]
+                )
+                loss += self.config.actor_weight * actor_loss
         grads = tape.gradient(loss, weights)
         finite = tf.math.is_finite(loss)
         for g in grads:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
 
         def apply():
-            self.optimizer.apply_gradients(zip(grads, weights))
+            self.optimizer.apply_gradients(zip(grads[: len(q_variables)], q_variables))
+            if actor_variables:
+                self.actor_optimizer.apply_gradients(
+                    zip(grads[len(q_variables) :], actor_variables)
+                )
             tau = 1.0 - self.config.polyak
-            for t1, w in zip(self.target1.weights, self.online.weights):
+            for t1, w in zip(self.target1.q_weights, self.online.q_weights):
                 t1.assign(t1 + tau * (w - t1))
             self.step.assign_add(1)
 
             def lag():
-                for t2, t1 in zip(self.target2.weights, self.target1.weights):
+                for t2, t1 in zip(self.target2.q_weights, self.target1.q_weights):
                     t2.assign(t1)
                 return tf.constant(True)
 
@@ -145,7 +191,7 @@ class QTOpt(tf.Module):
 
         tf.cond(finite, apply, lambda: tf.constant(False))
         q = tf.sigmoid(logits)
-        return {
+        out = {
             "loss": loss,
             "cross_entropy": cross_entropy,
             "mean_q": tf.reduce_mean(q),
@@ -153,3 +199,6 @@ class QTOpt(tf.Module):
             "td_error": tf.reduce_mean(tf.abs(q - y)),
             "finite": finite,
         }
+        if self.online.has_actor:
+            out["actor_loss"] = actor_loss
+        return out

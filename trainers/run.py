@@ -4,7 +4,7 @@
     RUN/lineage.json     mode, mixture, pinned datasets, parent checkpoint,
                          vision weights (what this network came from)
     RUN/metrics.jsonl    one line per log interval: loss, mean Q, target Q,
-                         TD error, steps/s
+                         TD error (and the actor's loss, with one), steps/s
     RUN/tensorboard/     the same scalars for TensorBoard
     RUN/ckpt-<step>.*    TF checkpoints: online and both target networks,
                          optimizer, step, RNG and the tf.data iterator
@@ -35,8 +35,6 @@ from neverstop.trainers import checkpoints
 from neverstop.trainers.config import ConfigError, TrainConfig
 from neverstop.trainers.qtopt import QTOpt
 from neverstop.version import __version__
-
-METRIC_KEYS = ("loss", "cross_entropy", "mean_q", "target_q", "td_error")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -240,7 +238,8 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.mode}", unit="step")
-    sums = {k: 0.0 for k in METRIC_KEYS}
+    metric_keys = learner.metric_keys
+    sums = {k: 0.0 for k in metric_keys}
     count = 0
     last = {}
     window_start = time.perf_counter()
@@ -263,15 +262,15 @@ def train(
                     f"(loss={float(out['loss'])}); the step was not applied and nothing was "
                     f"saved after it; {where}. Lower the learning rate or check the data."
                 )
-            for k in METRIC_KEYS:
+            for k in metric_keys:
                 sums[k] += float(out[k])
             count += 1
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = time.perf_counter() - window_start
-                last = {k: sums[k] / count for k in METRIC_KEYS}
+                last = {k: sums[k] / count for k in metric_keys}
                 last["steps_per_s"] = count / elapsed if elapsed > 0 else 0.0
                 _log_metrics(metrics_path, writer, step, last)
-                sums = {k: 0.0 for k in METRIC_KEYS}
+                sums = {k: 0.0 for k in metric_keys}
                 count = 0
                 window_start = time.perf_counter()
                 if bar is not None:

@@ -227,7 +227,8 @@ def test_a_run_writes_config_lineage_metrics_and_checkpoints(base_run, data_dir)
     metrics = run.read_metrics(run_dir)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20]
     for m in metrics:
-        assert set(run.METRIC_KEYS) <= set(m) and m["steps_per_s"] > 0
+        keys = {"loss", "cross_entropy", "mean_q", "target_q", "td_error", "steps_per_s"}
+        assert set(m) == keys | {"step", "time"} and m["steps_per_s"] > 0
         assert np.isfinite(m["loss"]) and 0 < m["mean_q"] < 1 and 0 <= m["target_q"] <= 1
     events = os.listdir(os.path.join(run_dir, "tensorboard"))
     assert any(name.startswith("events.out.tfevents") for name in events)
@@ -272,15 +273,21 @@ def test_finetune_starts_from_the_parent_at_a_quarter_of_the_learning_rate(
     ]
 
 
-def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
-    """200 steps in one go == 100 steps, SIGKILL, resume to 200 (all variables)."""
+@pytest.mark.parametrize("actor", [False, True], ids=["q", "q+actor"])
+def test_resume_after_sigkill_is_exact(data_dir, tmp_path, actor):
+    """200 steps in one go == 100 steps, SIGKILL, resume to 200 (all variables,
+    the actor's and its optimizer's too when there is one)."""
     env = dict(os.environ, PYTHONPATH=REPO_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     child = [sys.executable, "-m", "tests.trainers._train_child", data_dir]
     cwd = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
     def finish(run_dir):
         out = subprocess.run(
-            child + [run_dir, "200"], env=env, cwd=cwd, capture_output=True, text=True
+            child + [run_dir, "200", str(int(actor))],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout.strip().splitlines()[-1]
@@ -288,7 +295,7 @@ def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
     straight = finish(str(tmp_path / "straight"))
     killed_dir = str(tmp_path / "killed")
     proc = subprocess.Popen(
-        child + [killed_dir, "200", "100"],
+        child + [killed_dir, "200", str(int(actor)), "100"],
         env=env,
         cwd=cwd,
         stdout=subprocess.DEVNULL,

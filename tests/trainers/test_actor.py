@@ -1,0 +1,179 @@
+"""Tests for the trainer's optional actor: positive-filtered behaviour cloning
+beside QT-Opt, acting with it, and refusing to act with an actor a run lacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from neverstop import schema
+from neverstop.benchmarks.train_bench import synthetic_batch
+from neverstop.datasets import stream as stream_lib
+from neverstop.datasets import transitions as tr
+from neverstop.envs import collect, grasp_env, policies
+from neverstop.trainers import checkpoints, evaluate, export, qtopt, run
+from neverstop.trainers import policy as policy_lib
+from neverstop.trainers.config import ConfigError, TrainConfig
+from tests.trainers.helpers import BASE, make_data_dir, tiny_config
+from tests.trainers.test_policy import _FRESH
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny data dir, a 20-step run with an actor (acting with it) and one without."""
+    root = tmp_path_factory.mktemp("actor")
+    data_dir = make_data_dir(root)
+    with_actor = str(root / "with_actor")
+    run.train(tiny_config(actor=True, acting="actor"), BASE, data_dir, with_actor, progress=False)
+    q_only = str(root / "q_only")
+    run.train(tiny_config(), BASE, data_dir, q_only, progress=False)
+    return data_dir, with_actor, q_only
+
+
+def _observation(obs) -> dict:
+    return {
+        schema.IMAGE: tf.constant(obs[schema.IMAGE][None]),
+        schema.GRIPPER_CLOSED: tf.constant([obs[schema.GRIPPER_CLOSED]], tf.float32),
+        schema.HEIGHT_TO_BOTTOM: tf.constant([obs[schema.HEIGHT_TO_BOTTOM]], tf.float32),
+    }
+
+
+def test_behaviour_cloning_loss_counts_only_transitions_of_successful_episodes():
+    predicted = tf.constant([[0.5, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, -1.0]])
+    action = tf.constant([[0.0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1.0]])
+    success = tf.constant([True, False, True])
+    # (0.25 / 5 + 4 / 5) / 2: the failed episode's large error does not count.
+    got = float(qtopt.behaviour_cloning_loss(predicted, action, success))
+    np.testing.assert_allclose(got, (0.25 / 5 + 4.0 / 5) / 2, rtol=1e-6)
+    none = float(qtopt.behaviour_cloning_loss(predicted, action, tf.zeros([3], tf.bool)))
+    assert none == 0.0
+
+
+def test_the_stream_says_which_transitions_come_from_successful_episodes(runs):
+    data_dir, _, _ = runs
+    batches = stream_lib.make_stream(BASE, data_dir, stream_lib.StreamConfig(batch_size=16))
+    seen = set()
+    for batch in batches.take(8):
+        for episode_id, success in zip(batch[tr.EPISODE_ID].numpy(), batch[tr.SUCCESS].numpy()):
+            index = int(episode_id.decode().rsplit("-", 1)[1])
+            assert bool(success) == (index % 3 == 0), episode_id  # how the test data was made
+            seen.add(bool(success))
+    assert seen == {True, False}
+
+
+def test_the_actor_learns_from_successes_only_and_never_moves_q():
+    config = tiny_config(actor=True, l2=0.0, learning_rate=3e-3)
+    batch = synthetic_batch(config)
+    tf.keras.utils.set_random_seed(0)
+    with_actor = qtopt.QTOpt(config)
+    tf.keras.utils.set_random_seed(0)
+    q_only = qtopt.QTOpt(config.replace(actor=False))
+    actor_before = [w.numpy() for w in with_actor.actor_variables]
+    failures = dict(batch, **{tr.SUCCESS: tf.zeros_like(batch[tr.SUCCESS])})
+    for _ in range(3):
+        out = with_actor.train_step(failures)
+        q_only.train_step(failures)
+        assert float(out["actor_loss"]) == 0.0
+    # No successful transition: nothing for the actor to imitate, nothing moves it.
+    assert all(
+        np.array_equal(a, w.numpy()) for a, w in zip(actor_before, with_actor.actor_variables)
+    )
+    losses = [float(with_actor.train_step(batch)["actor_loss"]) for _ in range(30)]
+    for _ in range(30):
+        q_only.train_step(batch)
+    assert losses[-1] < 0.5 * losses[0]
+    # Q (and its targets) trained exactly as without an actor: separate weights and optimizers.
+    for a, b in ((with_actor.online, q_only.online), (with_actor.target1, q_only.target1)):
+        assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a.q_weights, b.q_weights))
+    assert "actor_loss" not in q_only.train_step(batch)
+
+
+def test_an_actor_run_logs_its_loss_and_acts_with_its_actor_in_eval(runs):
+    _, run_dir, _ = runs
+    metrics = run.read_metrics(run_dir)
+    assert all(np.isfinite(m["actor_loss"]) and m["actor_loss"] >= 0 for m in metrics)
+    network, config, _ = checkpoints.load_network(run_dir)
+    assert network.has_actor and config.acting == "actor"
+    result = evaluate.evaluate(run_dir, "base", episodes=3, workers=0, seed=5)
+    assert result["acting"] == "actor"
+    # The actor's actions, acted here step by step, give the same episodes.
+    successes = steps = 0
+    with grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")) as env:
+        for i in range(3):
+            obs = env.reset(collect.episode_seed(5, i))
+            done = False
+            while not done:
+                action = network.act(_observation(obs)).numpy()[0]
+                obs, _, done, info = env.step(action)
+                steps += 1
+            successes += int(info["success"])
+    assert (result["successes"], result["steps"]) == (successes, steps)
+    # --acting cem overrides the run's default and acts by CEM over Q instead.
+    policy = policy_lib.from_checkpoint(run_dir, acting="cem")
+    assert policy.acting == "cem"
+    _, actions, _, _ = policies.run_episode(
+        grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")), policy, 11
+    )
+    assert len(actions) >= 1
+
+
+def test_the_exported_actor_acts_in_a_fresh_process(runs, tmp_path):
+    _, run_dir, _ = runs
+    out = str(tmp_path / "exported")
+    info = export.export(run_dir, out)
+    assert info["acting"] == "actor"
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH, out], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["trainer_imported"] is False
+    network, _, _ = checkpoints.load_network(run_dir)
+    with grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")) as env:
+        obs = env.reset(3)
+    expected = network.act(_observation(obs)).numpy()[0]
+    np.testing.assert_allclose(result["actions"][0], expected, atol=1e-5)
+
+
+def test_acting_with_an_actor_a_run_does_not_have_is_refused(runs, tmp_path):
+    data_dir, _, q_only = runs
+    with pytest.raises(ConfigError, match="q_only.*needs a network with an actor"):
+        evaluate.evaluate(q_only, "base", episodes=1, workers=0, acting="actor")
+    out = str(tmp_path / "exported")
+    with pytest.raises(ConfigError, match="needs a network with an actor"):
+        export.export(q_only, out, acting="actor")
+    assert not os.path.exists(out) or not os.listdir(out)
+    with pytest.raises(
+        ConfigError, match="this config: acting .actor. needs a network with an actor"
+    ):
+        TrainConfig(acting="actor")
+    with pytest.raises(ConfigError, match="unknown acting 'greedy'"):
+        TrainConfig(actor=True, acting="greedy")
+    with pytest.raises(ConfigError, match="actor_weight must be a positive number"):
+        TrainConfig(actor=True, actor_weight=0.0)
+    # Fine-tuning a Q-only checkpoint into a network with an actor: different variables.
+    ft = str(tmp_path / "ft")
+    with pytest.raises(ConfigError, match="actor: checkpoint has False, this run has True"):
+        run.train(
+            tiny_config(mode="finetune", actor=True),
+            BASE,
+            data_dir,
+            ft,
+            init=q_only,
+            progress=False,
+        )
+    assert not os.path.exists(os.path.join(ft, "config.json"))
+
+
+def test_a_config_written_before_the_actor_existed_reads_as_without_one():
+    saved = TrainConfig().as_dict()
+    for key in ("actor", "actor_weight", "acting"):
+        saved.pop(key)
+    config = TrainConfig.from_dict(saved)
+    assert (config.actor, config.acting, config.actor_weight) == (False, "cem", 1.0)
+    # A user's partial config means today's defaults.
+    assert TrainConfig.from_dict({"actor": True, "acting": "actor"}).actor is True
