@@ -78,7 +78,13 @@ def restore_online(
     check_compatible(saved.as_dict(), config or network.config, ref.prefix)
     parts = {f"online_{k}": v for k, v in network.parts().items()}
     checkpoint = tf.train.Checkpoint(**parts)
-    checkpoint.restore(ref.prefix).expect_partial().assert_existing_objects_matched()
+    try:
+        checkpoint.restore(ref.prefix).expect_partial().assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ConfigError(
+            f"{ref.prefix}: lacks variables of the network its run's config describes "
+            f"({', '.join(parts)}); was it written by another version of neverstop?"
+        ) from e
 
 
 def load_network(path: str):

@@ -20,7 +20,13 @@ ACTING = ("cem", "actor")
 # Fields that change the network's variables: a checkpoint can only be
 # restored into a network built with the same values.
 # What a config written before a field existed meant by its absence.
-LEGACY_DEFAULTS = {"keypoints": False, "actor": False, "actor_weight": 1.0, "acting": "cem"}
+LEGACY_DEFAULTS = {
+    "keypoints": False,
+    "actor": False,
+    "actor_weight": 1.0,
+    "actor_polyak": 0.9995,
+    "acting": "cem",
+}
 
 ARCHITECTURE_FIELDS = (
     "merge",
@@ -82,6 +88,9 @@ class TrainConfig:
     # argmax of Q) or "actor" (the actor's action; needs actor).
     actor: bool = False
     actor_weight: float = 1.0
+    # The acting actor is the trained one's Polyak average:
+    # average <- actor_polyak * average + (1 - actor_polyak) * actor every step.
+    actor_polyak: float = 0.9995
     acting: str = "cem"
     # Optimisation.
     steps: int = 20_000
@@ -131,8 +140,9 @@ class TrainConfig:
             raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
         if not self.terminal_weight > 0.0:
             raise ConfigError(f"terminal_weight must be > 0, got {self.terminal_weight}")
-        if not 0.0 <= self.polyak < 1.0:
-            raise ConfigError(f"polyak must be in [0, 1), got {self.polyak}")
+        for name in ("polyak", "actor_polyak"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("learning_rate", "finetune_lr_scale", "grad_clip_norm", "actor_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -24,7 +24,10 @@ def _init_worker(*args) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    _load(*args)
+    try:
+        _load(*args)
+    except Exception as e:  # noqa: BLE001 - a raising initializer makes Pool respawn forever
+        _WORKER["error"] = f"{type(e).__name__}: {e}"
 
 
 def _load(checkpoint: str, task: str, object_split: str, renderer: str, acting: str) -> None:
@@ -38,6 +41,9 @@ def _load(checkpoint: str, task: str, object_split: str, renderer: str, acting: 
 
 def _run(seed: int) -> Tuple[int, bool, int]:
     from neverstop.envs import policies
+
+    if "error" in _WORKER:
+        raise RuntimeError(f"an evaluation worker could not start: {_WORKER['error']}")
 
     _, actions, _, info = policies.run_episode(_WORKER["env"], _WORKER["policy"], seed)
     return seed, bool(info["success"]), len(actions)

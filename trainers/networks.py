@@ -16,6 +16,8 @@ With `actor` on, the network also holds an actor (`actor_tower`,
 `actor_head`): its own conv tower (the same stack) and a dense layer over
 (features, state) -> tanh action [B, 5]. It shares nothing with Q, so the
 TD error and the behaviour-cloning error never pull on the same weights.
+Beside it sits its Polyak average (`average_actor_tower`,
+`average_actor_head`, not trainable), which is what acts.
 
 `layer_flops` counts multiply-adds x2 of every conv and dense layer for
 one example, the numbers `neverstop bench train` adds up.
@@ -131,22 +133,49 @@ class QNetwork(tf.Module):
         self.tower = build_tower(config, f"{name}_tower")
         self.head = build_head(config, tuple(self.tower.output_shape[1:]), f"{name}_head")
         self.actor_tower = self.actor_head = None
+        self.average_actor_tower = self.average_actor_head = None
         if config.actor and with_actor:
-            self.actor_tower = build_tower(config, f"{name}_actor_tower")
-            self.actor_head = build_actor_head(
-                config, tuple(self.actor_tower.output_shape[1:]), f"{name}_actor_head"
+            self.actor_tower, self.actor_head = self._build_actor(f"{name}_actor")
+            self.average_actor_tower, self.average_actor_head = self._build_actor(
+                f"{name}_average_actor"
             )
+            for model in (self.average_actor_tower, self.average_actor_head):
+                model.trainable = False
+            self.reset_average_actor()
+
+    def _build_actor(self, name: str):
+        tower = build_tower(self.config, f"{name}_tower")
+        return tower, build_actor_head(self.config, tuple(tower.output_shape[1:]), f"{name}_head")
 
     @property
     def has_actor(self) -> bool:
         return self.actor_tower is not None
 
     def parts(self) -> Dict[str, tf.keras.Model]:
-        """The Keras models by checkpoint name (tower, head[, actor_tower, actor_head])."""
+        """The Keras models by checkpoint name (tower, head[, actor_tower, actor_head,
+        average_actor_tower, average_actor_head])."""
         parts = {"tower": self.tower, "head": self.head}
         if self.has_actor:
-            parts.update(actor_tower=self.actor_tower, actor_head=self.actor_head)
+            parts.update(
+                actor_tower=self.actor_tower,
+                actor_head=self.actor_head,
+                average_actor_tower=self.average_actor_tower,
+                average_actor_head=self.average_actor_head,
+            )
         return parts
+
+    @property
+    def actor_weights(self) -> List[tf.Variable]:
+        return list(self.actor_tower.weights) + list(self.actor_head.weights)
+
+    @property
+    def average_actor_weights(self) -> List[tf.Variable]:
+        return list(self.average_actor_tower.weights) + list(self.average_actor_head.weights)
+
+    def reset_average_actor(self) -> None:
+        """The average starts (again) at the actor's current weights."""
+        for average, weight in zip(self.average_actor_weights, self.actor_weights, strict=True):
+            average.assign(weight)
 
     @property
     def q_weights(self) -> List[tf.Variable]:
@@ -176,10 +205,18 @@ class QNetwork(tf.Module):
         features = self.features(observation[schema.IMAGE], training)
         return self.logits(features, state_vector(observation), action, training)
 
-    def act(self, observation: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """The actor's actions [B, 5]."""
-        features = self.actor_tower(observation[schema.IMAGE], training=training)
-        return self.actor_head([features, state_vector(observation)], training=training)
+    def act(
+        self, observation: Dict[str, tf.Tensor], training: bool = False, average: bool = True
+    ) -> tf.Tensor:
+        """The actor's actions [B, 5]: its Polyak average's (what acts), or with
+        average=False the trained actor's (what the loss sees)."""
+        tower, head = (
+            (self.average_actor_tower, self.average_actor_head)
+            if average
+            else (self.actor_tower, self.actor_head)
+        )
+        features = tower(observation[schema.IMAGE], training=training)
+        return head([features, state_vector(observation)], training=training)
 
     def copy_from(self, other: "QNetwork") -> None:
         """Q's weights from `other` (the actor's are never copied)."""

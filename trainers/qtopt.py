@@ -16,6 +16,8 @@ behaviour-cloning error on the batch's transitions from successful episodes,
 (positive-filtered regression, AW-Opt's actor without its advantage
 weighting). The actor has its own weights and its own Adam (and gradient
 clipping), so this term moves only the actor and the actor never moves Q.
+What acts is the actor's Polyak average (`actor_polyak`, every step), as
+Q'1 averages Q: one step's weights aim worse than their recent mean.
 
 Q values are probabilities of a successful grasp (the sigmoid of the
 network's logit); y is clipped to [0, 1] so a per-step penalty cannot push
@@ -160,7 +162,7 @@ class QTOpt(tf.Module):
             )
             loss = cross_entropy + self.l2_penalty()
             if self.online.has_actor:
-                predicted = self.online.act(batch[tr.OBSERVATION], training=True)
+                predicted = self.online.act(batch[tr.OBSERVATION], training=True, average=False)
                 actor_loss = behaviour_cloning_loss(
                     predicted, batch[schema.ACTION], batch[tr.SUCCESS]
                 )
@@ -176,6 +178,9 @@ class QTOpt(tf.Module):
                 self.actor_optimizer.apply_gradients(
                     zip(grads[len(q_variables) :], actor_variables)
                 )
+                keep = self.config.actor_polyak
+                for average, w in zip(self.online.average_actor_weights, self.online.actor_weights):
+                    average.assign(keep * average + (1.0 - keep) * w)
             tau = 1.0 - self.config.polyak
             for t1, w in zip(self.target1.q_weights, self.online.q_weights):
                 t1.assign(t1 + tau * (w - t1))

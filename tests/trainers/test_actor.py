@@ -3,6 +3,7 @@ beside QT-Opt, acting with it, and refusing to act with an actor a run lacks."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -92,6 +93,29 @@ def test_the_actor_learns_from_successes_only_and_never_moves_q():
     assert "actor_loss" not in q_only.train_step(batch)
 
 
+def test_what_acts_is_the_polyak_average_of_the_trained_actor():
+    config = tiny_config(actor=True, actor_polyak=0.5, learning_rate=1e-2)
+    learner = qtopt.QTOpt(config)
+    online = learner.online
+    start = [w.numpy() for w in online.actor_weights]
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(start, online.average_actor_weights))
+    batch = synthetic_batch(config)
+    learner.train_step(batch)
+    one = [w.numpy() for w in online.actor_weights]
+    learner.train_step(batch)
+    two = [w.numpy() for w in online.actor_weights]
+    # average_2 = 0.5 * (0.5 * start + 0.5 * one) + 0.5 * two
+    for s, a, b, avg in zip(start, one, two, online.average_actor_weights):
+        np.testing.assert_allclose(avg.numpy(), 0.25 * s + 0.25 * a + 0.5 * b, rtol=1e-5, atol=1e-7)
+    observation = batch[tr.OBSERVATION]
+    acted = online.act(observation).numpy()
+    assert not np.allclose(acted, online.act(observation, average=False).numpy())
+    trainable = {id(w) for w in online.trainable_weights}  # so the l2 penalty leaves it alone
+    assert not any(id(w) in trainable for w in online.average_actor_weights)
+    with pytest.raises(ConfigError, match="actor_polyak must be in \\[0, 1\\), got 1.0"):
+        tiny_config(actor=True, actor_polyak=1.0)
+
+
 def test_an_actor_run_logs_its_loss_and_acts_with_its_actor_in_eval(runs):
     _, run_dir, _ = runs
     metrics = run.read_metrics(run_dir)
@@ -171,9 +195,26 @@ def test_acting_with_an_actor_a_run_does_not_have_is_refused(runs, tmp_path):
 
 def test_a_config_written_before_the_actor_existed_reads_as_without_one():
     saved = TrainConfig().as_dict()
-    for key in ("actor", "actor_weight", "acting"):
+    for key in ("actor", "actor_weight", "actor_polyak", "acting"):
         saved.pop(key)
     config = TrainConfig.from_dict(saved)
     assert (config.actor, config.acting, config.actor_weight) == (False, "cem", 1.0)
     # A user's partial config means today's defaults.
     assert TrainConfig.from_dict({"actor": True, "acting": "actor"}).actor is True
+
+
+def test_a_checkpoint_without_the_variables_its_config_names_fails_clearly_not_forever(
+    runs, tmp_path
+):
+    _, _, q_only = runs
+    broken = str(tmp_path / "broken")
+    shutil.copytree(q_only, broken)
+    config_path = os.path.join(broken, "config.json")
+    saved = json.load(open(config_path))
+    json.dump(dict(saved, actor=True), open(config_path, "w"))
+    with pytest.raises(ConfigError, match="broken/ckpt-20: lacks variables.*actor_tower"):
+        checkpoints.load_network(broken)
+    # In worker processes too: the first episode raises (a failing Pool
+    # initializer would otherwise be respawned for ever).
+    with pytest.raises(RuntimeError, match="evaluation worker could not start: ConfigError"):
+        evaluate.evaluate(broken, "base", episodes=2, workers=2)
