@@ -281,6 +281,7 @@ def _cmd_train(args) -> int:
         f"{summary.seconds:.0f} s ({summary.steps_per_s:.1f} steps/s)"
         + (
             f"; loss {m['loss']:.4f}, mean Q {m['mean_q']:.3f}, target Q {m['target_q']:.3f}"
+            + (f", actor loss {m['actor_loss']:.4f}" if "actor_loss" in m else "")
             if m
             else ""
         )
