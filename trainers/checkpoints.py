@@ -76,7 +76,7 @@ def restore_online(
     checking that the checkpoint's architecture matches `network`'s."""
     saved = read_config(ref.run_dir)
     check_compatible(saved.as_dict(), config or network.config, ref.prefix)
-    parts = {f"online_{k}": v for k, v in network.parts().items()}
+    parts = network.checkpoint_parts("online")
     checkpoint = tf.train.Checkpoint(**parts)
     try:
         checkpoint.restore(ref.prefix).expect_partial().assert_existing_objects_matched()

@@ -23,7 +23,7 @@ Beside it sits its Polyak average (`average_actor_tower`,
 one example, the numbers `neverstop bench train` adds up.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -163,6 +163,12 @@ class QNetwork(tf.Module):
                 average_actor_head=self.average_actor_head,
             )
         return parts
+
+    def checkpoint_parts(self, role: Optional[str] = None) -> Dict[str, tf.keras.Model]:
+        """parts() keyed as a learner's checkpoint names them, `<role>_<part>`
+        (role: this network's name, e.g. "online", unless given)."""
+        role = role or self.name
+        return {f"{role}_{k}": v for k, v in self.parts().items()}
 
     @property
     def actor_weights(self) -> List[tf.Variable]:

@@ -134,7 +134,7 @@ class QTOpt(tf.Module):
     def checkpoint_items(self) -> dict:
         items = {}
         for network in (self.online, self.target1, self.target2):
-            items.update({f"{network.name}_{k}": v for k, v in network.parts().items()})
+            items.update(network.checkpoint_parts())
         if self.actor_optimizer is not None:
             items["actor_optimizer"] = self.actor_optimizer
         return dict(items, optimizer=self.optimizer, step=self.step, rng=self.rng)
