@@ -11,7 +11,7 @@ back and refuses unknown keys, so a typo never silently means a default.
 import dataclasses
 import json
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 MODES = ("pretrain", "finetune", "scratch", "imagenet")
 MERGES = ("late", "qtopt")
@@ -37,6 +37,9 @@ ARCHITECTURE_FIELDS = (
     "keypoints",
     "actor",
 )
+# What a tower's weights depend on (a vision tower file loads into Q's tower
+# and the actor's alike, so whether the run has an actor does not matter).
+TOWER_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "actor")
 
 
 class ConfigError(ValueError):
@@ -182,14 +185,19 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def check_compatible(saved: Dict[str, Any], config: TrainConfig, where: str) -> None:
-    """Raises ConfigError naming every architecture field that differs."""
+def check_compatible(
+    saved: Dict[str, Any],
+    config: TrainConfig,
+    where: str,
+    fields: Tuple[str, ...] = ARCHITECTURE_FIELDS,
+) -> None:
+    """Raises ConfigError naming every architecture field (of `fields`) that differs."""
     current = config.architecture()
     saved = {**LEGACY_DEFAULTS, **saved}  # always written by a run, never partial
-    saved_arch = {k: _jsonable(saved.get(k)) for k in ARCHITECTURE_FIELDS}
+    saved_arch = {k: _jsonable(saved.get(k)) for k in fields}
     diffs = [
         f"{k}: checkpoint has {saved_arch[k]!r}, this run has {current[k]!r}"
-        for k in ARCHITECTURE_FIELDS
+        for k in fields
         if saved_arch[k] != current[k]
     ]
     if diffs:

@@ -158,6 +158,11 @@ def initialise(
                 "see docs/trainer.md)"
             )
         vision_record = vision.load_tower(vision_weights, learner.online.tower, config)
+        if learner.online.has_actor:
+            # The actor sees through a tower of its own: it starts from the
+            # same features, and so does the average that acts.
+            vision.load_tower(vision_weights, learner.online.actor_tower, config)
+            learner.online.reset_average_actor()
     elif vision_weights:
         raise ConfigError("--vision-weights is only for --mode imagenet")
     learner.sync_targets()

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from neverstop.trainers.config import ConfigError, TrainConfig, check_compatible
+from neverstop.trainers.config import TOWER_FIELDS, ConfigError, TrainConfig, check_compatible
 from neverstop.trainers.networks import build_tower
 
 GRID = 8
@@ -143,7 +143,7 @@ def load_tower(path: str, tower: tf.keras.Model, config: TrainConfig) -> dict:
             arrays = [data[f"w{i:03d}"] for i in range(len(tower.weights))]
     except (KeyError, ValueError, OSError) as e:
         raise ConfigError(f"--vision-weights {path}: not a neverstop vision weights file ({e})")
-    check_compatible(meta["architecture"], config, path)
+    check_compatible(meta["architecture"], config, path, TOWER_FIELDS)
     for weight, value in zip(tower.weights, arrays):
         if tuple(weight.shape) != value.shape:
             raise ConfigError(

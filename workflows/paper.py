@@ -4,7 +4,7 @@
 
     base data      scripted + random collection -> grasps/base:1.0.0
                    -> pre-training (checkpoints/base-r0); then R rounds of
-                   collection with the current policy (epsilon-greedy CEM)
+                   collection with the current policy (epsilon-greedy)
                    -> grasps/base:1.r.0 (everything so far) -> more
                    pre-training from the previous round (checkpoints/base-rR)
     base policy    the last round's checkpoint: checkpoints/base
@@ -50,6 +50,13 @@ EXPERIMENT_FILE = "experiment.json"
 MAX_ROUNDS = 9  # base versions are 1.<round>.0 and raw dirs r<round>-*
 
 
+# Every scale trains the Q-function and, beside it, an actor that clones the
+# successful episodes' actions and acts (docs/trainer.md, "The actor"): on
+# base data it acts 9-10 points better than CEM over Q, which is what the
+# study's questions need from a base policy (docs/experiments.md).
+ACTOR = (("actor", True), ("acting", "actor"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Scale:
     """Every number of one size of the experiment.
@@ -74,7 +81,11 @@ class Scale:
     finetune_steps: int = 2_000
     baseline_steps: int = 4_000  # scratch and imagenet, at the largest size
     continual_steps: int = 2_000
-    train: Tuple[Tuple[str, object], ...] = ()
+    train: Tuple[Tuple[str, object], ...] = ACTOR
+    # The acting actor is a Polyak average (docs/trainer.md, "The actor");
+    # a fine-tune of 1,500 steps at the default 0.9995 would act with half
+    # its parent's average, so fine-tunes and chain links average faster.
+    finetune_actor_polyak: float = 0.998
     vision_images: int = 2_000
     vision_epochs: int = 10
     # Targets.
@@ -145,7 +156,7 @@ def _jsonable(value):
 
 # A network small enough that a smoke run trains in seconds (same as the
 # trainer tests' tiny config).
-TINY_NETWORK = (
+TINY_NETWORK = ACTOR + (
     ("tower_filters", ((8, 8, 4), (16, 4, 2))),
     ("head_units", (32, 16)),
     ("cem", {"samples": 8, "elites": 2}),
@@ -219,6 +230,7 @@ QUICKSTART = Scale(
     round_episodes=0,
     pretrain_steps=1_500,
     finetune_steps=500,
+    finetune_actor_polyak=0.99,
     challenges=("checkerboard",),
     sizes=(100,),
     eval_episodes=30,
@@ -278,8 +290,9 @@ def _split(total: int, parts: int) -> List[int]:
 
 
 class CheckpointPolicy:
-    """A collector policy factory: the CEM policy of one checkpoint, epsilon-
-    greedy. Picklable (Beam ships it to its workers), loads in the worker."""
+    """A collector policy factory: the acting policy of one checkpoint (its
+    run's `acting`: the actor, or CEM over Q), epsilon-greedy. Picklable (Beam
+    ships it to its workers), loads in the worker."""
 
     def __init__(self, prefix: str, epsilon: float, explore: str):
         self.prefix = prefix
@@ -310,7 +323,7 @@ def collect_step(
     checkpoint: Optional[str] = None,
     object_split: str = "train",
 ) -> dict:
-    """Collects into DIR/<out> with a named policy, or a checkpoint's CEM
+    """Collects into DIR/<out> with a named policy, or a checkpoint's acting
     policy (`policy="checkpoint"`, the prefix from the dependency's marker)."""
     from neverstop.envs import collect
 
@@ -597,7 +610,9 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=["train-base", f"ingest-{task}"],
                 name=name,
-                config=train_params("finetune", scale.finetune_steps),
+                config=train_params(
+                    "finetune", scale.finetune_steps, actor_polyak=scale.finetune_actor_polyak
+                ),
                 mixture=mixture_string(scale, task, size),
                 init="base",
                 eval_tasks=[task],
@@ -627,7 +642,9 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=[f"train-{previous}", f"ingest-{task}"],
                 name=name,
-                config=train_params("finetune", scale.continual_steps),
+                config=train_params(
+                    "finetune", scale.continual_steps, actor_polyak=scale.finetune_actor_polyak
+                ),
                 mixture=mixture_string(scale, task, largest),
                 init=previous,
                 eval_tasks=[task, "base"],

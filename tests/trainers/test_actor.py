@@ -16,7 +16,7 @@ from neverstop.benchmarks.train_bench import synthetic_batch
 from neverstop.datasets import stream as stream_lib
 from neverstop.datasets import transitions as tr
 from neverstop.envs import collect, grasp_env, policies
-from neverstop.trainers import checkpoints, evaluate, export, qtopt, run
+from neverstop.trainers import checkpoints, evaluate, export, qtopt, run, vision
 from neverstop.trainers import policy as policy_lib
 from neverstop.trainers.config import ConfigError, TrainConfig
 from tests.trainers.helpers import BASE, make_data_dir, tiny_config
@@ -191,6 +191,26 @@ def test_acting_with_an_actor_a_run_does_not_have_is_refused(runs, tmp_path):
             progress=False,
         )
     assert not os.path.exists(os.path.join(ft, "config.json"))
+
+
+def test_imagenet_mode_starts_the_actor_from_the_vision_tower_too(tmp_path):
+    path = str(tmp_path / "tower.npz")
+    vision.pretrain(tiny_config(), path, images=16, epochs=1, progress=False)
+    config = tiny_config(mode="imagenet", steps=2, actor=True, acting="actor")
+    learner = qtopt.QTOpt(config)
+    before = [w.numpy() for w in learner.online.actor_head.weights]
+    run.initialise(learner, config, None, path)
+    with np.load(path) as data:
+        for tower in (
+            learner.online.tower,
+            learner.online.actor_tower,
+            learner.online.average_actor_tower,
+        ):
+            for i, w in enumerate(tower.weights):
+                np.testing.assert_array_equal(w.numpy(), data[f"w{i:03d}"])
+    # The heads keep their random start: only the towers are features.
+    for w, b in zip(learner.online.actor_head.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
 
 
 def test_a_config_written_before_the_actor_existed_reads_as_without_one():
