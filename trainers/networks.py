@@ -183,6 +183,12 @@ class QNetwork(tf.Module):
         for average, weight in zip(self.average_actor_weights, self.actor_weights, strict=True):
             average.assign(weight)
 
+    def actor_from_average(self) -> None:
+        """The trained actor takes the weights of its average (the policy
+        that acts): where a fine-tune starts."""
+        for weight, average in zip(self.actor_weights, self.average_actor_weights, strict=True):
+            weight.assign(average)
+
     @property
     def q_weights(self) -> List[tf.Variable]:
         """Q's weights only: what target networks copy."""

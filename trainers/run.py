@@ -145,6 +145,9 @@ def initialise(
             raise ConfigError("--mode finetune needs --init CHECKPOINT (a run dir or ckpt prefix)")
         parent = checkpoints.locate(init)
         checkpoints.restore_online(parent, learner.online, config)
+        if learner.online.has_actor:
+            # Fine-tune the policy that acted, not the noisier last actor.
+            learner.online.actor_from_average()
     elif init:
         raise ConfigError(
             f"--init is for --mode finetune; --mode {config.mode} starts from "

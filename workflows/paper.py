@@ -82,10 +82,6 @@ class Scale:
     baseline_steps: int = 4_000  # scratch and imagenet, at the largest size
     continual_steps: int = 2_000
     train: Tuple[Tuple[str, object], ...] = ACTOR
-    # The acting actor is a Polyak average (docs/trainer.md, "The actor");
-    # a fine-tune of 1,500 steps at the default 0.9995 would act with half
-    # its parent's average, so fine-tunes and chain links average faster.
-    finetune_actor_polyak: float = 0.998
     vision_images: int = 2_000
     vision_epochs: int = 10
     # Targets.
@@ -230,7 +226,6 @@ QUICKSTART = Scale(
     round_episodes=0,
     pretrain_steps=1_500,
     finetune_steps=500,
-    finetune_actor_polyak=0.99,
     challenges=("checkerboard",),
     sizes=(100,),
     eval_episodes=30,
@@ -610,9 +605,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=["train-base", f"ingest-{task}"],
                 name=name,
-                config=train_params(
-                    "finetune", scale.finetune_steps, actor_polyak=scale.finetune_actor_polyak
-                ),
+                config=train_params("finetune", scale.finetune_steps),
                 mixture=mixture_string(scale, task, size),
                 init="base",
                 eval_tasks=[task],
@@ -642,9 +635,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=[f"train-{previous}", f"ingest-{task}"],
                 name=name,
-                config=train_params(
-                    "finetune", scale.continual_steps, actor_polyak=scale.finetune_actor_polyak
-                ),
+                config=train_params("finetune", scale.continual_steps),
                 mixture=mixture_string(scale, task, largest),
                 init=previous,
                 eval_tasks=[task, "base"],

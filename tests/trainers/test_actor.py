@@ -116,6 +116,25 @@ def test_what_acts_is_the_polyak_average_of_the_trained_actor():
         tiny_config(actor=True, actor_polyak=1.0)
 
 
+def test_a_fine_tune_starts_its_actor_from_the_parents_average(runs):
+    _, run_dir, _ = runs
+    parent, _, _ = checkpoints.load_network(run_dir)
+    # The parent's trained actor and its average differ after 20 steps.
+    assert not all(
+        np.array_equal(a.numpy(), w.numpy())
+        for a, w in zip(parent.actor_weights, parent.average_actor_weights)
+    )
+    config = tiny_config(mode="finetune", actor=True, acting="actor")
+    learner = qtopt.QTOpt(config)
+    run.initialise(learner, config, run_dir, None)
+    for mine, average in zip(learner.online.actor_weights, parent.average_actor_weights):
+        np.testing.assert_array_equal(mine.numpy(), average.numpy())
+    for mine, average in zip(learner.online.average_actor_weights, parent.average_actor_weights):
+        np.testing.assert_array_equal(mine.numpy(), average.numpy())
+    for mine, q in zip(learner.online.q_weights, parent.q_weights):  # Q as the parent's online
+        np.testing.assert_array_equal(mine.numpy(), q.numpy())
+
+
 def test_an_actor_run_logs_its_loss_and_acts_with_its_actor_in_eval(runs):
     _, run_dir, _ = runs
     metrics = run.read_metrics(run_dir)

@@ -38,8 +38,6 @@ def test_the_quickstart_scale_is_the_tiny_chain_the_readme_promises():
     assert 200 <= scale.scripted_episodes + scale.random_episodes <= 500
     assert (scale.rounds, scale.challenges, len(scale.sizes)) == (0, ("checkerboard",), 1)
     assert (scale.baselines, scale.continual, scale.tables) == (False, False, ("finetune",))
-    # Its one fine-tune acts with under 1% of the base policy's actor average.
-    assert scale.finetune_actor_polyak**scale.finetune_steps < 0.01
     names = [s.name for s in paper.build_steps(scale)]
     assert [n for n in names if n.startswith("train-")] == [
         "train-base",
