@@ -123,6 +123,19 @@ def build_actor_head(config: TrainConfig, feature_shape: Tuple[int, ...], name: 
     return tf.keras.Model([features, state], action, name=name)
 
 
+def assign(targets: List[tf.Variable], sources: List[tf.Variable]) -> None:
+    """targets <- sources, variable by variable (same structure)."""
+    for target, source in zip(targets, sources, strict=True):
+        target.assign(source)
+
+
+def polyak_update(averages: List[tf.Variable], sources: List[tf.Variable], keep: float) -> None:
+    """averages <- keep * averages + (1 - keep) * sources, variable by variable."""
+    tau = 1.0 - keep
+    for average, source in zip(averages, sources, strict=True):
+        average.assign(average + tau * (source - average))
+
+
 class QNetwork(tf.Module):
     """A tower and a head (and, with `actor`, an actor tower and head);
     `weights` in a fixed order: tower, head, then the actor's."""
@@ -180,14 +193,12 @@ class QNetwork(tf.Module):
 
     def reset_average_actor(self) -> None:
         """The average starts (again) at the actor's current weights."""
-        for average, weight in zip(self.average_actor_weights, self.actor_weights, strict=True):
-            average.assign(weight)
+        assign(self.average_actor_weights, self.actor_weights)
 
     def actor_from_average(self) -> None:
         """The trained actor takes the weights of its average (the policy
         that acts): where a fine-tune starts."""
-        for weight, average in zip(self.actor_weights, self.average_actor_weights, strict=True):
-            weight.assign(average)
+        assign(self.actor_weights, self.average_actor_weights)
 
     @property
     def q_weights(self) -> List[tf.Variable]:
@@ -232,8 +243,7 @@ class QNetwork(tf.Module):
 
     def copy_from(self, other: "QNetwork") -> None:
         """Q's weights from `other` (the actor's are never copied)."""
-        for mine, theirs in zip(self.q_weights, other.q_weights, strict=True):
-            mine.assign(theirs)
+        assign(self.q_weights, other.q_weights)
 
     def get_numpy(self) -> List[np.ndarray]:
         return [w.numpy() for w in self.weights]

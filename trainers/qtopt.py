@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from neverstop import schema
 from neverstop.datasets import transitions as tr
-from neverstop.trainers import cem
+from neverstop.trainers import cem, networks
 from neverstop.trainers.config import TrainConfig
 from neverstop.trainers.networks import QNetwork, state_vector
 
@@ -178,17 +178,18 @@ class QTOpt(tf.Module):
                 self.actor_optimizer.apply_gradients(
                     zip(grads[len(q_variables) :], actor_variables)
                 )
-                keep = self.config.actor_polyak
-                for average, w in zip(self.online.average_actor_weights, self.online.actor_weights):
-                    average.assign(keep * average + (1.0 - keep) * w)
-            tau = 1.0 - self.config.polyak
-            for t1, w in zip(self.target1.q_weights, self.online.q_weights):
-                t1.assign(t1 + tau * (w - t1))
+                networks.polyak_update(
+                    self.online.average_actor_weights,
+                    self.online.actor_weights,
+                    self.config.actor_polyak,
+                )
+            networks.polyak_update(
+                self.target1.q_weights, self.online.q_weights, self.config.polyak
+            )
             self.step.assign_add(1)
 
             def lag():
-                for t2, t1 in zip(self.target2.q_weights, self.target1.q_weights):
-                    t2.assign(t1)
+                networks.assign(self.target2.q_weights, self.target1.q_weights)
                 return tf.constant(True)
 
             tf.cond(tf.equal(self.step % self.config.lag_steps, 0), lag, lambda: tf.constant(False))

@@ -31,7 +31,7 @@ import tensorflow as tf
 from neverstop import jsonfile, schema
 from neverstop.datasets import mixture as mixture_lib
 from neverstop.datasets import stream as stream_lib
-from neverstop.trainers import checkpoints
+from neverstop.trainers import checkpoints, networks
 from neverstop.trainers.config import ConfigError, TrainConfig
 from neverstop.trainers.qtopt import QTOpt
 from neverstop.version import __version__
@@ -160,12 +160,13 @@ def initialise(
                 "`neverstop pretrain-vision` (the offline stand-in for ImageNet features; "
                 "see docs/trainer.md)"
             )
-        vision_record = vision.load_tower(vision_weights, learner.online.tower, config)
-        if learner.online.has_actor:
+        online = learner.online
+        vision_record = vision.load_tower(vision_weights, online.tower, config)
+        if online.has_actor:
             # The actor sees through a tower of its own: it starts from the
             # same features, and so does the average that acts.
-            vision.load_tower(vision_weights, learner.online.actor_tower, config)
-            learner.online.reset_average_actor()
+            networks.assign(online.actor_tower.weights, online.tower.weights)
+            online.reset_average_actor()
     elif vision_weights:
         raise ConfigError("--vision-weights is only for --mode imagenet")
     learner.sync_targets()
