@@ -711,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rollout",
         help="run a policy for N seeded episodes; print success",
-        description="Success rate with a Wilson 95%% interval over seeds "
+        description="Success rate with a Wilson 95% interval over seeds "
         "SEED..SEED+N-1, on held-out objects by default.",
     )
     env_flags(p)
@@ -921,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the checkpoint's greedy policy (CEM over Q, or the actor of a run "
         "trained with one: --acting) for --episodes seeded episodes "
         "(held-out objects by default) in --workers processes and reports the success rate "
-        "with its Wilson 95%% interval as JSON (to --out, or stdout).",
+        "with its Wilson 95% interval as JSON (to --out, or stdout).",
         epilog="example: neverstop eval --checkpoint runs/base --task base --episodes 200 "
         "--out runs/eval/base.json",
     )

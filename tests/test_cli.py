@@ -39,6 +39,30 @@ def test_help_lists_the_subcommands(tmp_path):
         assert re.search(rf"^\s+{command}\s", completed.stdout, re.MULTILINE), command
 
 
+def _subparsers(parser):
+    """Yields (name, parser) for every subcommand, nested ones too."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                for nested_name, nested in _subparsers(sub):
+                    yield f"{name} {nested_name}", nested
+
+
+def test_every_help_text_prints_percent_signs_once():
+    # argparse %-formats argument help but not descriptions or epilogs, so a
+    # "95%%" there reaches the user doubled.
+    parser = cli.build_parser()
+    pages = {"neverstop": parser.format_help()}
+    pages.update({name: sub.format_help() for name, sub in _subparsers(parser)})
+    assert {"rollout", "eval", "train"} <= set(pages)
+    doubled = sorted(name for name, text in pages.items() if "%%" in text)
+    assert doubled == []
+    assert re.search(r"Wilson\s+95%\s+interval", pages["eval"])
+
+
 def test_render_writes_the_first_observation_as_a_scaled_png(tmp_path):
     out = tmp_path / "images" / "checkerboard.png"
     args = "render --task checkerboard --seed 3 --scale 2".split()
