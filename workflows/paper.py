@@ -182,7 +182,7 @@ SCALES: Dict[str, Scale] = {
         sizes=(4,),
         eval_episodes=2,
     ),
-    # This machine (2 cores) in about 2.5 hours (estimated, docs/experiments.md).
+    # This machine (2 cores): 66 minutes, measured with the actor (docs/experiments.md).
     "small": Scale(
         name="small",
         scripted_episodes=5_000,
