@@ -82,6 +82,11 @@ class Scale:
     baseline_steps: int = 4_000  # scratch and imagenet, at the largest size
     continual_steps: int = 2_000
     train: Tuple[Tuple[str, object], ...] = ACTOR
+    # The acting actor is a Polyak average (docs/trainer.md, "The actor"):
+    # after a fine-tune of 1,500 steps at the default 0.9995 it still holds
+    # 47% of its parent's average. None keeps `train`'s (docs/experiments.md,
+    # "`small` with the actor").
+    finetune_actor_polyak: Optional[float] = None
     vision_images: int = 2_000
     vision_epochs: int = 10
     # Targets.
@@ -115,6 +120,11 @@ class Scale:
                 )
         if not 0 <= self.rounds <= MAX_ROUNDS:
             raise ValueError(f"scale {self.name}: rounds must be in [0, {MAX_ROUNDS}]")
+        if self.finetune_actor_polyak is not None and not 0 <= self.finetune_actor_polyak < 1:
+            raise ValueError(
+                f"scale {self.name}: finetune_actor_polyak must be in [0, 1), "
+                f"got {self.finetune_actor_polyak}"
+            )
         if not self.sizes or any(n < 1 for n in self.sizes):
             raise ValueError(f"scale {self.name}: sizes must be positive, got {self.sizes}")
         if not self.challenges:
@@ -130,6 +140,13 @@ class Scale:
     @property
     def target_episodes(self) -> int:
         return max(self.sizes)
+
+    def finetune_config(self, train_steps: int) -> dict:
+        """The config of a fine-tune or chain link of `train_steps` steps."""
+        changes = {}
+        if self.finetune_actor_polyak is not None:
+            changes["actor_polyak"] = self.finetune_actor_polyak
+        return self.train_config(mode="finetune", steps=train_steps, **changes).as_dict()
 
     def train_config(self, **changes):
         from neverstop.trainers.config import TrainConfig
@@ -196,6 +213,7 @@ SCALES: Dict[str, Scale] = {
         continual_steps=1_500,
         sizes=(100, 400, 800),
         eval_episodes=100,
+        finetune_actor_polyak=0.998,
     ),
     # The study's sweep: several sessions here, or a cluster (docs/experiments.md).
     "full": Scale(
@@ -605,7 +623,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=["train-base", f"ingest-{task}"],
                 name=name,
-                config=train_params("finetune", scale.finetune_steps),
+                config=scale.finetune_config(scale.finetune_steps),
                 mixture=mixture_string(scale, task, size),
                 init="base",
                 eval_tasks=[task],
@@ -635,7 +653,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=[f"train-{previous}", f"ingest-{task}"],
                 name=name,
-                config=train_params("finetune", scale.continual_steps),
+                config=scale.finetune_config(scale.continual_steps),
                 mixture=mixture_string(scale, task, largest),
                 init=previous,
                 eval_tasks=[task, "base"],

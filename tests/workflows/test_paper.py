@@ -130,6 +130,31 @@ def test_every_run_trains_an_actor_and_acts_with_it(scale):
     assert trained and all(c["actor"] and c["acting"] == "actor" for c in trained)
 
 
+def test_fine_tunes_and_links_average_their_actor_at_the_scales_rate():
+    # small: fine-tunes and chain links act with a faster actor average; the
+    # base trainings and the baselines keep train's default.
+    small = paper.SCALES["small"]
+    default = small.train_config().actor_polyak
+    assert small.finetune_actor_polyak is not None
+    assert small.finetune_actor_polyak != default
+    polyak = {
+        s.name: s.params["config"]["actor_polyak"]
+        for s in paper.build_steps(small)
+        if s.name.startswith("train-")
+    }
+    faster = sorted(n for n, p in polyak.items() if p == small.finetune_actor_polyak)
+    expected = [f"train-finetune-{t}-{n}" for t in small.challenges for n in small.sizes]
+    expected += [f"train-continual-{k}-{t}" for k, t in enumerate(small.challenges, start=1)]
+    assert faster == sorted(expected)
+    assert {p for n, p in polyak.items() if n not in faster} == {default}
+    assert "train-base" in polyak and "train-scratch-offset_gripper-800" in polyak
+    # A scale without the field trains every run at the default.
+    smoke = [s for s in paper.build_steps(SMOKE) if s.name.startswith("train-finetune")]
+    assert smoke and all(
+        s.params["config"]["actor_polyak"] == SMOKE.train_config().actor_polyak for s in smoke
+    )
+
+
 def test_scales_hold_the_issue_sizes():
     assert paper.SCALES["full"].sizes == (25, 50, 100, 200, 400, 800)
     assert set(paper.SCALES["small"].sizes) <= set(paper.SCALES["full"].sizes)
@@ -140,6 +165,8 @@ def test_scales_hold_the_issue_sizes():
         paper.get_scale("huge")
     with pytest.raises(ValueError, match="rounds must be in"):
         dataclasses.replace(SMOKE, rounds=10)
+    with pytest.raises(ValueError, match=r"finetune_actor_polyak must be in \[0, 1\), got 1.0"):
+        dataclasses.replace(SMOKE, finetune_actor_polyak=1.0)
 
 
 def test_a_run_dir_of_another_scale_is_refused(tmp_path):
