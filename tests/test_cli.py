@@ -1,5 +1,6 @@
 """Tests for neverstop/cli.py: the `neverstop` console script and its subcommands."""
 
+import argparse
 import io
 import json
 import os
@@ -41,8 +42,6 @@ def test_help_lists_the_subcommands(tmp_path):
 
 def _subparsers(parser):
     """Yields (name, parser) for every subcommand, nested ones too."""
-    import argparse
-
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():

@@ -141,12 +141,12 @@ class Scale:
     def target_episodes(self) -> int:
         return max(self.sizes)
 
-    def finetune_config(self, train_steps: int) -> dict:
-        """The config of a fine-tune or chain link of `train_steps` steps."""
-        changes = {}
-        if self.finetune_actor_polyak is not None:
-            changes["actor_polyak"] = self.finetune_actor_polyak
-        return self.train_config(mode="finetune", steps=train_steps, **changes).as_dict()
+    @property
+    def finetune_changes(self) -> dict:
+        """TrainConfig fields a fine-tune or chain link sets beyond `train`."""
+        if self.finetune_actor_polyak is None:
+            return {}
+        return {"actor_polyak": self.finetune_actor_polyak}
 
     def train_config(self, **changes):
         from neverstop.trainers.config import TrainConfig
@@ -623,7 +623,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=["train-base", f"ingest-{task}"],
                 name=name,
-                config=scale.finetune_config(scale.finetune_steps),
+                config=train_params("finetune", scale.finetune_steps, **scale.finetune_changes),
                 mixture=mixture_string(scale, task, size),
                 init="base",
                 eval_tasks=[task],
@@ -653,7 +653,7 @@ def build_steps(scale: Scale) -> List[dag.Step]:
                 train_step,
                 deps=[f"train-{previous}", f"ingest-{task}"],
                 name=name,
-                config=scale.finetune_config(scale.continual_steps),
+                config=train_params("finetune", scale.continual_steps, **scale.finetune_changes),
                 mixture=mixture_string(scale, task, largest),
                 init=previous,
                 eval_tasks=[task, "base"],
