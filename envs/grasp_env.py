@@ -234,7 +234,8 @@ class GraspEnv:
         (measured). A fresh world gives identical files. Everything costly
         is cached (the generated URDF and texture files, the home IK
         solution, pybullet's mesh cache), so this takes about 23 ms of a
-        51 ms reset, against KukaDiverseObjectEnv's 0.7 s of settling.
+        55 ms reset (most of the rest is settling), against
+        KukaDiverseObjectEnv's 0.7 s.
         """
         p, cfg = pybullet, self.config
         self._p(p.resetSimulation)
