@@ -21,7 +21,14 @@ from neverstop.version import __version__  # noqa: E402
 
 # Spelled here, not imported, so that --help does not load pybullet; a test
 # checks it equals neverstop.envs.policies.POLICY_NAMES.
-POLICY_NAMES = ("scripted", "random", "random_grasp", "scripted_wide", "scripted_reach")
+POLICY_NAMES = (
+    "scripted",
+    "random",
+    "random_grasp",
+    "scripted_wide",
+    "scripted_reach",
+    "scripted_high",
+)
 EXPLORER_NAMES = ("random", "moves")  # == tuple(neverstop.envs.policies.EXPLORERS)
 RENDERERS = ("tiny", "egl", "auto")
 ACTING = ("cem", "actor")  # trainers.config.ACTING, without importing TensorFlow

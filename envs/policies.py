@@ -88,7 +88,11 @@ class ScriptedGrasper:
     `reach_range` it stops short of its aim by a reach drawn per episode from
     that range, descends there, and makes the last lateral move and the close
     in one step (the `scripted_reach` policy): closings whose move spans
-    centimetres, as a learned policy's often do.
+    centimetres, as a learned policy's often do. With `close_height_range` it
+    closes over its aim at a height above the floor drawn per episode from that
+    range (the `scripted_high` policy): closings in the air over an object,
+    which fail, and show a Q-function that height matters where a greedy
+    search over actions would otherwise extrapolate.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class ScriptedGrasper:
         action_noise: float = 0.1,
         xy_noise_range: Optional[Tuple[float, float]] = None,
         reach_range: Optional[Tuple[float, float]] = None,
+        close_height_range: Optional[Tuple[float, float]] = None,
         name: str = "scripted",
     ):
         self.env = env
@@ -110,6 +115,15 @@ class ScriptedGrasper:
                 f"reach_range must be (low, high) metres with 0 < low <= high, got {reach_range}"
             )
         self.reach_range = reach_range
+        if (
+            close_height_range is not None
+            and not 0.0 <= close_height_range[0] <= close_height_range[1]
+        ):
+            raise ValueError(
+                "close_height_range must be (low, high) metres above the floor with"
+                f" 0 <= low <= high, got {close_height_range}"
+            )
+        self.close_height_range = close_height_range
         self._reach: Optional[float] = None
         self.height_noise = height_noise
         self.action_noise = action_noise
@@ -135,6 +149,8 @@ class ScriptedGrasper:
         goal[2] = max(
             grasp_env_lib.FLOOR_Z + 0.012, chosen[2] - 0.005 + rng.normal(0.0, self.height_noise)
         )
+        if self.close_height_range is not None:
+            goal[2] = max(goal[2], grasp_env_lib.FLOOR_Z + rng.uniform(*self.close_height_range))
         self._goal = goal
         self._goal_yaw = rng.uniform(-math.pi / 2, math.pi / 2)
         if self.reach_range is not None:
@@ -244,7 +260,14 @@ class EpsilonGreedy:
         return actor(observation, rng)
 
 
-POLICY_NAMES = ("random", "scripted", "random_grasp", "scripted_wide", "scripted_reach")
+POLICY_NAMES = (
+    "random",
+    "scripted",
+    "random_grasp",
+    "scripted_wide",
+    "scripted_reach",
+    "scripted_high",
+)
 
 # scripted_wide: the scripted grasper with its aim's lateral noise (std, metres)
 # drawn per episode from this range, so its closings spread from on the
@@ -254,6 +277,10 @@ WIDE_XY_NOISE = (0.0, 0.04)
 # scripted_reach: how far short of its aim (metres) the scripted grasper stops
 # before its closing step, drawn per episode; that step's move is 0.8 x this.
 REACH_RANGE = (0.02, 0.06)
+# scripted_high: the height above the tray's floor (metres) at which the
+# scripted grasper closes over its aim, drawn per episode. The tool starts
+# 25 cm up (START_HEIGHT); above a few cm nearly every closing fails.
+HIGH_CLOSE_RANGE = (0.0, 0.25)
 
 
 def make_policy(
@@ -274,6 +301,9 @@ def make_policy(
         ),
         "scripted_reach": lambda: ScriptedGrasper(
             env, reach_range=REACH_RANGE, name="scripted_reach"
+        ),
+        "scripted_high": lambda: ScriptedGrasper(
+            env, close_height_range=HIGH_CLOSE_RANGE, name="scripted_high"
         ),
         "random_grasp": RandomGraspPolicy,
     }

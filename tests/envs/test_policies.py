@@ -53,13 +53,16 @@ def test_make_policy_builds_named_policies(env):
     assert wide.name == "scripted_wide" and wide.xy_noise_range == policies.WIDE_XY_NOISE
     reach = policies.make_policy("scripted_reach", env)
     assert reach.name == "scripted_reach" and reach.reach_range == policies.REACH_RANGE
+    high = policies.make_policy("scripted_high", env)
+    assert high.name == "scripted_high"
+    assert high.close_height_range == policies.HIGH_CLOSE_RANGE
 
 
 def test_make_policy_rejects_unknown_names(env):
     with pytest.raises(
         ValueError,
         match="unknown policy 'nope'; expected one of random, scripted, random_grasp, "
-        "scripted_wide, scripted_reach",
+        "scripted_wide, scripted_reach, scripted_high",
     ):
         policies.make_policy("nope", env)
 
@@ -127,6 +130,45 @@ def test_scripted_reach_closes_with_a_long_last_move(env):
 def test_scripted_reach_rejects_a_reach_range_that_is_not_positive_and_ordered(env, reach_range):
     with pytest.raises(ValueError, match=r"reach_range must be \(low, high\) metres"):
         policies.ScriptedGrasper(env, reach_range=reach_range)
+
+
+def _closing_heights(env, name, seeds):
+    """Per episode: the height above the floor the tool closed at (where it was before the
+    closing step plus that step's descent; the lift raises it after), and success."""
+    heights, successes = [], []
+    for seed in seeds:
+        policy = policies.make_policy(name, env)
+        observation = env.reset(seed)
+        rng = np.random.default_rng([seed, 1])
+        policies.reset_policy(policy, rng)
+        done = False
+        while not done:
+            action = policy(observation, rng)
+            before = env.tcp_position()[2]
+            observation, reward, done, info = env.step(action)
+        aimed = before + action[2] * env.config.translation_scale
+        heights.append(max(aimed - grasp_env.FLOOR_Z, 0.0))
+        successes.append(bool(info["success"]))
+    return np.asarray(heights), np.asarray(successes)
+
+
+def test_scripted_high_closes_over_its_aim_at_heights_spread_up_the_workspace(env):
+    seeds = range(16)
+    low, _ = _closing_heights(env, "scripted", seeds)
+    high, succeeded = _closing_heights(env, "scripted_high", seeds)
+    # Measured over these 16 seeds: scripted closes 1.4-5 cm above the floor (median 2.7);
+    # scripted_high 2.5-22 cm (median 12.7), and its 12 grasps above 8 cm all fail.
+    assert np.median(low) < 0.04
+    assert np.percentile(high, 75) > 0.1 and np.median(high) > np.median(low) + 0.04
+    assert not succeeded[high > 0.08].any()
+
+
+@pytest.mark.parametrize("height_range", [(0.05, 0.01), (-0.01, 0.02)])
+def test_scripted_high_rejects_a_height_range_that_is_not_ordered_and_above_the_floor(
+    env, height_range
+):
+    with pytest.raises(ValueError, match=r"close_height_range must be \(low, high\) metres"):
+        policies.ScriptedGrasper(env, close_height_range=height_range)
 
 
 def test_random_grasp_descends_and_closes_near_the_floor_where_it_wandered(env):
