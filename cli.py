@@ -31,7 +31,7 @@ POLICY_NAMES = (
 )
 EXPLORER_NAMES = ("random", "moves")  # == tuple(neverstop.envs.policies.EXPLORERS)
 RENDERERS = ("tiny", "egl", "auto")
-ACTING = ("cem", "actor")  # trainers.config.ACTING, without importing TensorFlow
+ACTING = ("cem", "actor", "actor_cem")  # trainers.config.ACTING, without importing TensorFlow
 
 EPILOG = """examples:
   neverstop quickstart
@@ -627,8 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--acting",
             choices=ACTING,
-            help="how the policy acts: cem (argmax of Q) or actor (runs trained with "
-            "actor: true); default: the run's config.acting",
+            help="how the policy acts: cem (argmax of Q), actor (the actor's action) or "
+            "actor_cem (CEM over Q started at the actor's action); the last two need a run "
+            "trained with actor: true; default: the run's config.acting",
         )
 
     def env_flags(p, split_default="eval"):

@@ -14,7 +14,7 @@ QT-Opt's numbers (64 samples, 6 elites, 2 iterations) are the defaults in
 the environment.
 """
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
@@ -32,10 +32,17 @@ def maximize(
     seed: tf.Tensor,
     config: CEMConfig = CEMConfig(),
     action_dim: int = schema.ACTION_DIM,
+    initial_mean: Optional[tf.Tensor] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Returns (best actions [B, A], their scores [B])."""
-    mean = tf.zeros([batch_size, action_dim])
-    std = tf.fill([batch_size, action_dim], config.initial_std)
+    """Returns (best actions [B, A], their scores [B]). The search starts at
+    zero with std config.initial_std, or at `initial_mean` [B, A] (a
+    proposal, e.g. an actor's actions) with std config.actor_std."""
+    if initial_mean is None:
+        mean = tf.zeros([batch_size, action_dim])
+        std = tf.fill([batch_size, action_dim], config.initial_std)
+    else:
+        mean = tf.cast(initial_mean, tf.float32)
+        std = tf.fill(tf.shape(mean), config.actor_std)
     seed = tf.cast(seed, tf.int64)
     best = best_score = None
     for iteration in range(config.iterations):

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 MODES = ("pretrain", "finetune", "scratch", "imagenet")
 MERGES = ("late", "qtopt")
 CEM_SELECT = ("best", "mean")
-ACTING = ("cem", "actor")
+ACTING = ("cem", "actor", "actor_cem")
 # Fields that change the network's variables: a checkpoint can only be
 # restored into a network built with the same values.
 # What a config written before a field existed meant by its absence.
@@ -26,6 +26,7 @@ LEGACY_DEFAULTS = {
     "actor_weight": 1.0,
     "actor_polyak": 0.9995,
     "acting": "cem",
+    "conservative_weight": 0.0,
 }
 
 ARCHITECTURE_FIELDS = (
@@ -53,6 +54,8 @@ class CEMConfig:
     iterations: int = 2
     initial_std: float = 0.5
     select: str = "best"  # "best": the best sample of the last iteration; "mean": the elites' mean
+    # acting "actor_cem": CEM starts at the actor's action with this std (AW-Opt).
+    actor_std: float = 0.3
 
     def __post_init__(self):
         if self.samples < 2 or not 1 <= self.elites <= self.samples:
@@ -62,8 +65,9 @@ class CEMConfig:
             )
         if self.iterations < 1:
             raise ConfigError(f"CEM iterations must be >= 1, got {self.iterations}")
-        if not self.initial_std > 0:
-            raise ConfigError(f"CEM initial_std must be > 0, got {self.initial_std}")
+        for name in ("initial_std", "actor_std"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"CEM {name} must be > 0, got {getattr(self, name)}")
         if self.select not in CEM_SELECT:
             raise ConfigError(
                 f"CEM select must be one of {', '.join(CEM_SELECT)}, got {self.select!r}"
@@ -88,7 +92,9 @@ class TrainConfig:
     # regression onto the actions of successful episodes (positive-filtered
     # behaviour cloning, as AW-Opt's actor) with weight actor_weight in the
     # loss. acting: what the policy does with a checkpoint, "cem" (QT-Opt's
-    # argmax of Q) or "actor" (the actor's action; needs actor).
+    # argmax of Q), "actor" (the actor's action; needs actor) or "actor_cem"
+    # (CEM over Q started at the actor's action, std cem.actor_std: AW-Opt's
+    # policy; needs actor).
     actor: bool = False
     actor_weight: float = 1.0
     # The acting actor is the trained one's Polyak average:
@@ -106,6 +112,11 @@ class TrainConfig:
     gamma: float = 0.9
     # Weight of a transition into a terminal step (a graded grasp) in the loss.
     terminal_weight: float = 1.0
+    # Conservative Q (after CQL, Kumar et al., 2020; docs/trainer.md): the loss
+    # gains conservative_weight * mean(Q(s, a_cem) - Q(s, a)), pushing Q down
+    # where CEM over the online network would act and up at the data's
+    # action, so the argmax stays where the data has evidence. 0: off (QT-Opt).
+    conservative_weight: float = 0.0
     polyak: float = 0.995  # Q'1 <- polyak * Q'1 + (1 - polyak) * Q each step
     lag_steps: int = 500  # Q'2 <- Q'1 every lag_steps
     cem: CEMConfig = dataclasses.field(default_factory=CEMConfig)
@@ -143,6 +154,10 @@ class TrainConfig:
             raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
         if not self.terminal_weight > 0.0:
             raise ConfigError(f"terminal_weight must be > 0, got {self.terminal_weight}")
+        if not (math.isfinite(self.conservative_weight) and self.conservative_weight >= 0.0):
+            raise ConfigError(
+                f"conservative_weight must be a number >= 0, got {self.conservative_weight}"
+            )
         for name in ("polyak", "actor_polyak"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -212,9 +227,9 @@ def check_acting(config: TrainConfig, acting: str, where: str) -> None:
     """Raises ConfigError unless a network trained with `config` can act by `acting`."""
     if acting not in ACTING:
         raise ConfigError(f"unknown acting {acting!r}; expected one of {', '.join(ACTING)}")
-    if acting == "actor" and not config.actor:
+    if acting in ("actor", "actor_cem") and not config.actor:
         raise ConfigError(
-            f'{where}: acting "actor" needs a network with an actor (config actor: true) '
+            f'{where}: acting "{acting}" needs a network with an actor (config actor: true) '
             'and this one has none; act with "cem"'
         )
 

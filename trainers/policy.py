@@ -4,7 +4,8 @@
 collection with exploration) and the exported SavedModel run: with `acting`
 "cem" (QT-Opt's policy) the image tower once per state, CEM over the head,
 the best action found; with "actor" the actor's action (a network trained
-with `actor`; docs/trainer.md).
+with `actor`; docs/trainer.md); with "actor_cem" the same CEM started at
+the actor's action (std `actor_std`) instead of at zero (AW-Opt's policy).
 `CEMPolicy` wraps it in the envs.policies interface (`action =
 policy(observation, rng)`, a `name`), so `envs.policies.EpsilonGreedy` and
 the collector take it as they take the scripted policy; envs/ never imports
@@ -29,13 +30,19 @@ def greedy_actions(
     seed,
     acting: str = "cem",
 ) -> tf.Tensor:
-    """[B, 5] actions: maximising the network's Q by CEM, or the actor's."""
+    """[B, 5] actions: maximising the network's Q by CEM (from zero, or from
+    the actor's actions), or the actor's."""
     if acting == "actor":
         return network.act(observation)
+    proposal = network.act(observation) if acting == "actor_cem" else None
     features = network.features(observation[schema.IMAGE])
     state = state_vector(observation)
     action, _ = cem.maximize(
-        cem.network_score_fn(network, features, state), tf.shape(state)[0], seed, cem_config
+        cem.network_score_fn(network, features, state),
+        tf.shape(state)[0],
+        seed,
+        cem_config,
+        initial_mean=proposal,
     )
     return action
 

@@ -19,6 +19,16 @@ clipping), so this term moves only the actor and the actor never moves Q.
 What acts is the actor's Polyak average (`actor_polyak`, every step), as
 Q'1 averages Q: one step's weights aim worse than their recent mean.
 
+With conservative_weight > 0 (after CQL, Kumar et al., 2020), the loss also
+gains
+
+    L_cons = mean_batch(Q(s, a_cem) - Q(s, a)),   a_cem = CEM argmax_a Q(s, a)
+
+with a_cem searched on the online network without gradient: Q is pushed
+down where its own argmax would act and up at the action the data took, so
+an argmax off the data's support (a close where no grasp was ever tried)
+costs Q until it moves back to where the data has evidence.
+
 Q values are probabilities of a successful grasp (the sigmoid of the
 network's logit); y is clipped to [0, 1] so a per-step penalty cannot push
 the cross-entropy's label out of range. A step whose loss or gradients are
@@ -86,6 +96,20 @@ def clipped_double_q_target(
     return {"target": y, "a_star": a_star, "q1_next": q1, "q2_next": q2}
 
 
+def conservative_gap(
+    network: QNetwork, features, state, logits, config: TrainConfig, seed: tf.Tensor
+) -> tf.Tensor:
+    """mean(Q(s, a_cem) - Q(s, a)): CEM's argmax of the network on the
+    batch's states (searched without gradient) against the data's actions,
+    whose logits are given."""
+    size = tf.shape(state)[0]
+    a_cem, _ = cem.maximize(
+        cem.network_score_fn(network, tf.stop_gradient(features), state), size, seed, config.cem
+    )
+    q_cem = tf.sigmoid(network.logits(features, state, tf.stop_gradient(a_cem), training=True))
+    return tf.reduce_mean(q_cem - tf.sigmoid(logits))
+
+
 def make_optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
     return tf.keras.optimizers.Adam(
         config.effective_learning_rate, global_clipnorm=config.grad_clip_norm
@@ -142,6 +166,7 @@ class QTOpt(tf.Module):
     @property
     def metric_keys(self) -> tuple:
         keys = ("loss", "cross_entropy", "mean_q", "target_q", "td_error")
+        keys += ("conservative_gap",) if self.config.conservative_weight > 0 else ()
         return keys + (("actor_loss",) if self.online.has_actor else ())
 
     def l2_penalty(self) -> tf.Tensor:
@@ -156,11 +181,20 @@ class QTOpt(tf.Module):
         q_variables, actor_variables = self.q_variables, self.actor_variables
         weights = q_variables + actor_variables
         with tf.GradientTape() as tape:
-            logits = self.online(batch[tr.OBSERVATION], batch[schema.ACTION], training=True)
+            observation = batch[tr.OBSERVATION]
+            state = state_vector(observation)
+            features = self.online.features(observation[schema.IMAGE], training=True)
+            logits = self.online.logits(features, state, batch[schema.ACTION], training=True)
             cross_entropy = weighted_cross_entropy(
                 y, logits, batch[tr.TERMINAL], self.config.terminal_weight
             )
             loss = cross_entropy + self.l2_penalty()
+            if self.config.conservative_weight > 0:
+                # Its own CEM draws: offset from the target's (seed, seed + 1, ...).
+                gap = conservative_gap(
+                    self.online, features, state, logits, self.config, seed + 1000
+                )
+                loss += self.config.conservative_weight * gap
             if self.online.has_actor:
                 predicted = self.online.act(batch[tr.OBSERVATION], training=True, average=False)
                 actor_loss = behaviour_cloning_loss(
@@ -205,6 +239,8 @@ class QTOpt(tf.Module):
             "td_error": tf.reduce_mean(tf.abs(q - y)),
             "finite": finite,
         }
+        if self.config.conservative_weight > 0:
+            out["conservative_gap"] = gap
         if self.online.has_actor:
             out["actor_loss"] = actor_loss
         return out

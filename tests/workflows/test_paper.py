@@ -124,10 +124,13 @@ def test_fine_tuning_mixes_base_and_the_first_n_target_grasps_50_50():
 
 
 @pytest.mark.parametrize("scale", ["smoke", "small", "full"])
-def test_every_run_trains_an_actor_and_acts_with_it(scale):
+def test_every_run_trains_an_actor_and_a_conservative_q_and_acts_by_cem_from_the_actor(scale):
     configs = {s.name: s.params.get("config") for s in paper.build_steps(paper.SCALES[scale])}
     trained = [c for name, c in configs.items() if name.startswith("train-")]
-    assert trained and all(c["actor"] and c["acting"] == "actor" for c in trained)
+    assert trained and all(
+        c["actor"] and c["acting"] == "actor_cem" and c["conservative_weight"] == 0.3
+        for c in trained
+    )
 
 
 def test_fine_tunes_and_links_average_their_actor_at_the_scales_rate():
