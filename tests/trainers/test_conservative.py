@@ -156,6 +156,7 @@ def test_the_exported_actor_cem_policy_acts_in_a_fresh_process(actor_run, tmp_pa
 
     from neverstop.envs import grasp_env
     from neverstop.trainers import checkpoints, export
+    from tests.trainers.test_actor import _observation
     from tests.trainers.test_policy import _FRESH
 
     out = str(tmp_path / "exported")
@@ -171,11 +172,7 @@ def test_the_exported_actor_cem_policy_acts_in_a_fresh_process(actor_run, tmp_pa
     network, _, _ = checkpoints.load_network(actor_run)
     with grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")) as env:
         obs = env.reset(3)
-    observation = {
-        schema.IMAGE: tf.constant(obs[schema.IMAGE][None]),
-        schema.GRIPPER_CLOSED: tf.constant([obs[schema.GRIPPER_CLOSED]], tf.float32),
-        schema.HEIGHT_TO_BOTTOM: tf.constant([obs[schema.HEIGHT_TO_BOTTOM]], tf.float32),
-    }
+    observation = _observation(obs)
     features = network.features(observation[schema.IMAGE])
     state = state_vector(observation)
     first = tf.constant([result["actions"][0]], tf.float32)
