@@ -4,8 +4,6 @@ beside QT-Opt, acting with it, and refusing to act with an actor a run lacks."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from neverstop.trainers import checkpoints, evaluate, export, qtopt, run, vision
 from neverstop.trainers import policy as policy_lib
 from neverstop.trainers.config import ConfigError, TrainConfig
 from tests.trainers.helpers import BASE, make_data_dir, tiny_config
-from tests.trainers.test_policy import _FRESH
+from tests.trainers.test_policy import act_in_fresh_process, fresh_first_observation
 
 
 @pytest.fixture(scope="module")
@@ -169,16 +167,9 @@ def test_the_exported_actor_acts_in_a_fresh_process(runs, tmp_path):
     out = str(tmp_path / "exported")
     info = export.export(run_dir, out)
     assert info["acting"] == "actor"
-    proc = subprocess.run(
-        [sys.executable, "-c", _FRESH, out], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["trainer_imported"] is False
+    result = act_in_fresh_process(out)
     network, _, _ = checkpoints.load_network(run_dir)
-    with grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")) as env:
-        obs = env.reset(3)
-    expected = network.act(_observation(obs)).numpy()[0]
+    expected = network.act(_observation(fresh_first_observation())).numpy()[0]
     np.testing.assert_allclose(result["actions"][0], expected, atol=1e-5)
 
 

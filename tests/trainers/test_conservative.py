@@ -150,28 +150,17 @@ def test_actor_cem_needs_an_actor():
 
 
 def test_the_exported_actor_cem_policy_acts_in_a_fresh_process(actor_run, tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from neverstop.envs import grasp_env
     from neverstop.trainers import checkpoints, export
     from tests.trainers.test_actor import _observation
-    from tests.trainers.test_policy import _FRESH
+    from tests.trainers.test_policy import act_in_fresh_process, fresh_first_observation
 
     out = str(tmp_path / "exported")
     info = export.export(actor_run, out)
     assert info["acting"] == "actor_cem" and info["cem"]["actor_std"] == 0.3
-    proc = subprocess.run(
-        [sys.executable, "-c", _FRESH, out], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["trainer_imported"] is False
+    result = act_in_fresh_process(out)
     # Its first action is CEM from the actor's: never below the actor's by Q.
     network, _, _ = checkpoints.load_network(actor_run)
-    with grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")) as env:
-        obs = env.reset(3)
+    obs = fresh_first_observation()
     observation = _observation(obs)
     features = network.features(observation[schema.IMAGE])
     state = state_vector(observation)

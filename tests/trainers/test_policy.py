@@ -95,26 +95,38 @@ print(json.dumps({
 """
 
 
-def test_the_exported_savedmodel_acts_in_a_fresh_process(trained, tmp_path):
-    _, run_dir = trained
-    out = str(tmp_path / "exported")
-    info = export.export(run_dir, out)
-    assert info["checkpoint"] == "run.ckpt-20"
-    assert json.load(open(os.path.join(out, "policy.json")))["merge"] == "late"
+def act_in_fresh_process(out: str) -> dict:
+    """Runs the SavedModel at `out` for one episode (seed 3) in a fresh
+    Python that never imports the trainer; its {"actions", "trainer_imported"}."""
     proc = subprocess.run(
         [sys.executable, "-c", _FRESH, out], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["trainer_imported"] is False
+    return result
+
+
+def fresh_first_observation() -> dict:
+    """The first observation of the episode act_in_fresh_process runs."""
+    with grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")) as env:
+        return env.reset(3)
+
+
+def test_the_exported_savedmodel_acts_in_a_fresh_process(trained, tmp_path):
+    _, run_dir = trained
+    out = str(tmp_path / "exported")
+    info = export.export(run_dir, out)
+    assert info["checkpoint"] == "run.ckpt-20"
+    assert json.load(open(os.path.join(out, "policy.json")))["merge"] == "late"
+    result = act_in_fresh_process(out)
     actions = np.array(result["actions"])
     assert 1 <= len(actions) <= schema.MAX_EPISODE_STEPS
     assert actions.shape[1] == 5 and np.all(np.abs(actions) <= 1)
     # Its first action is the greedy CEM action of the checkpoint with the
     # model's first generator seed.
     network, config, _ = checkpoints.load_network(run_dir)
-    with grasp_env.GraspEnv("base", grasp_env.EnvConfig(object_split="eval")) as env:
-        obs = env.reset(3)
+    obs = fresh_first_observation()
     seed = tf.random.Generator.from_seed(0).make_seeds(1)[:, 0]
     expected = policy_lib.greedy_actions(
         network,
