@@ -130,7 +130,7 @@ def test_tasks_lists_each_task_with_its_robot(capsys):
     for line, task in zip(lines, schema.TASKS):
         assert schema.robot_id(task) in line
     assert "the reference world" in lines[0]
-    assert "finger_extension=0.04" in lines[schema.TASKS.index("extended_gripper")]
+    assert "finger_extension=0.08" in lines[schema.TASKS.index("extended_gripper")]
 
 
 def test_bench_env_ends_with_a_result_line(tmp_path):
