@@ -201,7 +201,7 @@ SCALES: Dict[str, Scale] = {
         sizes=(4,),
         eval_episodes=2,
     ),
-    # This machine (2 cores): 66-82 minutes (78 with actor_cem; docs/experiments.md).
+    # 2 cores, shared: 66-97 minutes (97 with 200-episode points; docs/experiments.md).
     "small": Scale(
         name="small",
         scripted_episodes=5_000,
