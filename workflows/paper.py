@@ -214,7 +214,7 @@ SCALES: Dict[str, Scale] = {
         baseline_steps=3_000,
         continual_steps=1_500,
         sizes=(100, 400, 800),
-        eval_episodes=200,  # 100 flipped a 17-point drop to 6 (docs/experiments.md)
+        eval_episodes=200,  # 100 showed an 18-point drop as 6 (docs/experiments.md)
         finetune_actor_polyak=0.998,
     ),
     # The study's sweep: several sessions here, or a cluster (docs/experiments.md).
