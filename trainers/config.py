@@ -17,6 +17,7 @@ MODES = ("pretrain", "finetune", "scratch", "imagenet")
 MERGES = ("late", "qtopt")
 CEM_SELECT = ("best", "mean")
 ACTING = ("cem", "actor", "actor_cem")
+ACTOR_ACTING = ("actor", "actor_cem")  # the acting modes that need a network with an actor
 # Fields that change the network's variables: a checkpoint can only be
 # restored into a network built with the same values.
 # What a config written before a field existed meant by its absence.
@@ -227,7 +228,7 @@ def check_acting(config: TrainConfig, acting: str, where: str) -> None:
     """Raises ConfigError unless a network trained with `config` can act by `acting`."""
     if acting not in ACTING:
         raise ConfigError(f"unknown acting {acting!r}; expected one of {', '.join(ACTING)}")
-    if acting in ("actor", "actor_cem") and not config.actor:
+    if acting in ACTOR_ACTING and not config.actor:
         raise ConfigError(
             f'{where}: acting "{acting}" needs a network with an actor (config actor: true) '
             'and this one has none; act with "cem"'

@@ -196,7 +196,7 @@ class QTOpt(tf.Module):
                 )
                 loss += self.config.conservative_weight * gap
             if self.online.has_actor:
-                predicted = self.online.act(batch[tr.OBSERVATION], training=True, average=False)
+                predicted = self.online.act(observation, training=True, average=False)
                 actor_loss = behaviour_cloning_loss(
                     predicted, batch[schema.ACTION], batch[tr.SUCCESS]
                 )

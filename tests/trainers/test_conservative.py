@@ -23,6 +23,14 @@ class _PeakedQ:
         return -4.0 * tf.reduce_sum(tf.square(action - PEAK), axis=-1)
 
 
+def _q_of(network, observation):
+    """Q(s, a) on `observation`'s states as a function of actions [B, 5] -> [B]
+    (the image tower runs once)."""
+    features = network.features(observation[schema.IMAGE])
+    state = state_vector(observation)
+    return lambda actions: tf.sigmoid(network.logits(features, state, actions)).numpy()
+
+
 def test_the_conservative_gap_is_q_at_cems_argmax_minus_q_at_the_data():
     data_actions = tf.constant([[0.0] * 5, [-1.0, 1.0, 0.0, 0.5, -1.0], list(PEAK)], tf.float32)
     network = _PeakedQ()
@@ -130,9 +138,7 @@ def test_actor_cem_acts_near_the_actor_and_never_below_its_q(actor_run):
     narrow = CEMConfig(samples=16, elites=2, actor_std=0.02)
     acted = policy_lib.greedy_actions(network, narrow, observation, [5, 6], "actor_cem")
     assert np.abs(acted.numpy() - actor.numpy()).max() < 0.15
-    features = network.features(observation[schema.IMAGE])
-    state = state_vector(observation)
-    q = lambda a: tf.sigmoid(network.logits(features, state, a)).numpy()  # noqa: E731
+    q = _q_of(network, observation)
     assert np.all(q(acted) >= q(actor) - 1e-6)
     # A wider search moves further from the actor, to actions Q scores higher still.
     wide = CEMConfig(samples=64, elites=6, actor_std=0.5)
@@ -162,12 +168,8 @@ def test_the_exported_actor_cem_policy_acts_in_a_fresh_process(actor_run, tmp_pa
     network, _, _ = checkpoints.load_network(actor_run)
     obs = fresh_first_observation()
     observation = _observation(obs)
-    features = network.features(observation[schema.IMAGE])
-    state = state_vector(observation)
+    q = _q_of(network, observation)
     first = tf.constant([result["actions"][0]], tf.float32)
-    actor = network.act(observation)
-    q_first, q_actor = (
-        float(tf.sigmoid(network.logits(features, state, a))[0]) for a in (first, actor)
-    )
+    q_first, q_actor = (float(q(a)[0]) for a in (first, network.act(observation)))
     assert q_first >= q_actor - 1e-5
     assert np.all(np.abs(result["actions"]) <= 1.0)
