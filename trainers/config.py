@@ -28,6 +28,8 @@ LEGACY_DEFAULTS = {
     "actor_polyak": 0.9995,
     "acting": "cem",
     "conservative_weight": 0.0,
+    "actor_advantage_temperature": 0.0,
+    "actor_max_weight": 20.0,
 }
 
 ARCHITECTURE_FIELDS = (
@@ -101,6 +103,12 @@ class TrainConfig:
     # The acting actor is the trained one's Polyak average:
     # average <- actor_polyak * average + (1 - actor_polyak) * actor every step.
     actor_polyak: float = 0.9995
+    # AW-Opt's advantage weighting of the actor's regression (Lu et al., 2021):
+    # each successful transition weighs exp((Q(s, a) - Q(s, pi(s))) / this),
+    # at most actor_max_weight, so the actor follows the successes that Q
+    # rates above its own action, not every lucky one. 0: unweighted.
+    actor_advantage_temperature: float = 0.0
+    actor_max_weight: float = 20.0
     acting: str = "cem"
     # Optimisation.
     steps: int = 20_000
@@ -162,7 +170,21 @@ class TrainConfig:
         for name in ("polyak", "actor_polyak"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("learning_rate", "finetune_lr_scale", "grad_clip_norm", "actor_weight"):
+        if not (
+            math.isfinite(self.actor_advantage_temperature)
+            and self.actor_advantage_temperature >= 0.0
+        ):
+            raise ConfigError(
+                "actor_advantage_temperature must be a number >= 0, got "
+                f"{self.actor_advantage_temperature}"
+            )
+        for name in (
+            "learning_rate",
+            "finetune_lr_scale",
+            "grad_clip_norm",
+            "actor_weight",
+            "actor_max_weight",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value}")

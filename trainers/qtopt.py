@@ -11,11 +11,17 @@
 With an actor (config.actor), the loss gains actor_weight times its
 behaviour-cloning error on the batch's transitions from successful episodes,
 
-    L_actor = sum_i success_i * mean_d (pi(s_i)_d - a_i,d)^2 / max(1, sum_i success_i)
+    L_actor = sum_i success_i * mean_d (pi(s_i)_d - a_i,d)^2 / sum_i success_i   (0 if none)
 
-(positive-filtered regression, AW-Opt's actor without its advantage
-weighting). The actor has its own weights and its own Adam (and gradient
-clipping), so this term moves only the actor and the actor never moves Q.
+(positive-filtered regression). With actor_advantage_temperature beta > 0,
+AW-Opt's advantage weighting as well:
+
+    w_i = min(exp((Q(s_i, a_i) - Q(s_i, pi(s_i))) / beta), actor_max_weight)
+    L_actor = sum_i success_i * w_i * mean_d (...)^2 / sum_i success_i * w_i
+
+with Q the online network's, held fixed (no gradient reaches Q through w).
+The actor has its own weights and its own Adam (and gradient clipping), so
+this term moves only the actor and the actor never moves Q.
 What acts is the actor's Polyak average (`actor_polyak`, every step), as
 Q'1 averages Q: one step's weights aim worse than their recent mean.
 
@@ -68,12 +74,21 @@ def weighted_cross_entropy(y, logits, terminal, terminal_weight: float) -> tf.Te
     return tf.reduce_mean(weight * per_example)
 
 
-def behaviour_cloning_loss(predicted, action, success) -> tf.Tensor:
+def behaviour_cloning_loss(predicted, action, success, weights=None) -> tf.Tensor:
     """Mean squared error of `predicted` against `action` over the examples
-    whose episode succeeded (0 when none did)."""
+    whose episode succeeded, weighted by `weights` if given (their weighted
+    mean; 0 when none succeeded)."""
     per_example = tf.reduce_mean(tf.square(predicted - action), axis=-1)
-    success = tf.cast(success, tf.float32)
-    return tf.reduce_sum(success * per_example) / tf.maximum(1.0, tf.reduce_sum(success))
+    weight = tf.cast(success, tf.float32)
+    if weights is not None:
+        weight *= weights
+    return tf.reduce_sum(weight * per_example) / tf.maximum(tf.reduce_sum(weight), 1e-6)
+
+
+def advantage_weights(q_data, q_actor, temperature: float, max_weight: float) -> tf.Tensor:
+    """AW-Opt's weights exp((Q(s, a) - Q(s, pi(s))) / temperature), at most max_weight."""
+    advantage = tf.stop_gradient(q_data - q_actor)
+    return tf.minimum(tf.exp(advantage / temperature), max_weight)
 
 
 def clipped_double_q_target(
@@ -197,8 +212,17 @@ class QTOpt(tf.Module):
                 loss += self.config.conservative_weight * gap
             if self.online.has_actor:
                 predicted = self.online.act(observation, training=True, average=False)
+                advantage = None
+                if self.config.actor_advantage_temperature > 0:
+                    own = self.online.logits(features, state, tf.stop_gradient(predicted))
+                    advantage = advantage_weights(
+                        tf.sigmoid(logits),
+                        tf.sigmoid(own),
+                        self.config.actor_advantage_temperature,
+                        self.config.actor_max_weight,
+                    )
                 actor_loss = behaviour_cloning_loss(
-                    predicted, batch[schema.ACTION], batch[tr.SUCCESS]
+                    predicted, batch[schema.ACTION], batch[tr.SUCCESS], advantage
                 )
                 loss += self.config.actor_weight * actor_loss
         grads = tape.gradient(loss, weights)

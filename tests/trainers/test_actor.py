@@ -14,7 +14,7 @@ from neverstop.benchmarks.train_bench import synthetic_batch
 from neverstop.datasets import stream as stream_lib
 from neverstop.datasets import transitions as tr
 from neverstop.envs import collect, grasp_env, policies
-from neverstop.trainers import checkpoints, evaluate, export, qtopt, run, vision
+from neverstop.trainers import checkpoints, evaluate, export, networks, qtopt, run, vision
 from neverstop.trainers import policy as policy_lib
 from neverstop.trainers.config import ConfigError, TrainConfig
 from tests.trainers.helpers import BASE, make_data_dir, tiny_config
@@ -50,6 +50,64 @@ def test_behaviour_cloning_loss_counts_only_transitions_of_successful_episodes()
     np.testing.assert_allclose(got, (0.25 / 5 + 4.0 / 5) / 2, rtol=1e-6)
     none = float(qtopt.behaviour_cloning_loss(predicted, action, tf.zeros([3], tf.bool)))
     assert none == 0.0
+
+
+def test_advantage_weights_grow_with_q_s_preference_for_the_data_and_stop_at_the_cap():
+    q_data = tf.constant([0.8, 0.5, 0.2, 0.9])
+    q_actor = tf.constant([0.6, 0.5, 0.4, 0.1])
+    got = qtopt.advantage_weights(q_data, q_actor, temperature=0.1, max_weight=20.0).numpy()
+    # exp(0.2 / 0.1), exp(0), exp(-0.2 / 0.1), and exp(8) capped at 20.
+    np.testing.assert_allclose(got, [np.exp(2.0), 1.0, np.exp(-2.0), 20.0], rtol=1e-5)
+
+
+def test_weighted_behaviour_cloning_is_the_weighted_mean_over_successes():
+    predicted = tf.constant([[1.0, 0], [2.0, 0], [3.0, 0]])
+    action = tf.zeros([3, 2])
+    success = tf.constant([True, True, False])
+    weights = tf.constant([3.0, 1.0, 100.0])
+    got = float(qtopt.behaviour_cloning_loss(predicted, action, success, weights))
+    # errors 0.5, 2.0 (4.5 does not count: its episode failed), weighted 3:1.
+    np.testing.assert_allclose(got, (3 * 0.5 + 1 * 2.0) / 4, rtol=1e-6)
+    ones = float(qtopt.behaviour_cloning_loss(predicted, action, success, tf.ones([3])))
+    np.testing.assert_allclose(
+        ones, float(qtopt.behaviour_cloning_loss(predicted, action, success))
+    )
+
+
+def test_the_advantage_weighted_actor_weighs_by_q_and_never_moves_q():
+    config = tiny_config(actor=True, l2=0.0, actor_advantage_temperature=0.05)
+    batch = synthetic_batch(config)
+    tf.keras.utils.set_random_seed(0)
+    weighted = qtopt.QTOpt(config)
+    tf.keras.utils.set_random_seed(0)
+    plain = qtopt.QTOpt(config.replace(actor_advantage_temperature=0.0))
+    observation, action = batch[tr.OBSERVATION], batch[schema.ACTION]
+    online = weighted.online
+    features = online.features(observation[schema.IMAGE])
+    state = networks.state_vector(observation)
+    predicted = online.act(observation, average=False)
+    weights = qtopt.advantage_weights(
+        tf.sigmoid(online.logits(features, state, action)),
+        tf.sigmoid(online.logits(features, state, predicted)),
+        0.05,
+        20.0,
+    )
+    assert float(tf.math.reduce_std(weights)) > 0.01  # the weighting is not flat here
+    expected = float(qtopt.behaviour_cloning_loss(predicted, action, batch[tr.SUCCESS], weights))
+    unweighted = float(qtopt.behaviour_cloning_loss(predicted, action, batch[tr.SUCCESS]))
+    first = float(weighted.train_step(batch)["actor_loss"])
+    np.testing.assert_allclose(first, expected, rtol=1e-4)
+    assert float(plain.train_step(batch)["actor_loss"]) == pytest.approx(unweighted, rel=1e-4)
+    assert abs(expected - unweighted) > 1e-3 * unweighted
+    for _ in range(2):
+        weighted.train_step(batch)
+        plain.train_step(batch)
+    for a, b in zip(weighted.online.q_weights, plain.online.q_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ConfigError, match="actor_advantage_temperature must be a number >= 0"):
+        tiny_config(actor=True, actor_advantage_temperature=-0.1)
+    with pytest.raises(ConfigError, match="actor_max_weight must be a positive number"):
+        tiny_config(actor=True, actor_max_weight=0.0)
 
 
 def test_the_stream_says_which_transitions_come_from_successful_episodes(runs):
@@ -229,6 +287,11 @@ def test_a_config_written_before_the_actor_existed_reads_as_without_one():
         saved.pop(key)
     config = TrainConfig.from_dict(saved)
     assert (config.actor, config.acting, config.actor_weight) == (False, "cem", 1.0)
+    # One written with an actor, before its advantage weighting existed: unweighted.
+    saved = TrainConfig(actor=True, actor_advantage_temperature=0.1).as_dict()
+    for key in ("actor_advantage_temperature", "actor_max_weight"):
+        saved.pop(key)
+    assert TrainConfig.from_dict(saved).actor_advantage_temperature == 0.0
     # A user's partial config means today's defaults.
     assert TrainConfig.from_dict({"actor": True, "acting": "actor"}).actor is True
 
