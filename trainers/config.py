@@ -163,21 +163,13 @@ class TrainConfig:
             raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
         if not self.terminal_weight > 0.0:
             raise ConfigError(f"terminal_weight must be > 0, got {self.terminal_weight}")
-        if not (math.isfinite(self.conservative_weight) and self.conservative_weight >= 0.0):
-            raise ConfigError(
-                f"conservative_weight must be a number >= 0, got {self.conservative_weight}"
-            )
+        for name in ("conservative_weight", "actor_advantage_temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value}")
         for name in ("polyak", "actor_polyak"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not (
-            math.isfinite(self.actor_advantage_temperature)
-            and self.actor_advantage_temperature >= 0.0
-        ):
-            raise ConfigError(
-                "actor_advantage_temperature must be a number >= 0, got "
-                f"{self.actor_advantage_temperature}"
-            )
         for name in (
             "learning_rate",
             "finetune_lr_scale",

@@ -2,9 +2,13 @@
 
 import os
 
+import tensorflow as tf
+
+from neverstop import schema
 from neverstop.datasets import mixture as mixture_lib
 from neverstop.pipelines import ingest
 from neverstop.trainers.config import CEMConfig, TrainConfig
+from neverstop.trainers.networks import state_vector
 from tests.pipelines.test_ingest import _episode, _write_raw
 
 
@@ -21,6 +25,14 @@ def tiny_config(**overrides) -> TrainConfig:
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def q_of(network, observation):
+    """Q(s, a) on `observation`'s states as a function of actions [B, 5] -> [B]
+    (the image tower runs once)."""
+    features = network.features(observation[schema.IMAGE])
+    state = state_vector(observation)
+    return lambda actions: tf.sigmoid(network.logits(features, state, actions)).numpy()
 
 
 def make_data_dir(root, tasks=("base",), episodes: int = 25) -> str:

@@ -14,10 +14,10 @@ from neverstop.benchmarks.train_bench import synthetic_batch
 from neverstop.datasets import stream as stream_lib
 from neverstop.datasets import transitions as tr
 from neverstop.envs import collect, grasp_env, policies
-from neverstop.trainers import checkpoints, evaluate, export, networks, qtopt, run, vision
+from neverstop.trainers import checkpoints, evaluate, export, qtopt, run, vision
 from neverstop.trainers import policy as policy_lib
 from neverstop.trainers.config import ConfigError, TrainConfig
-from tests.trainers.helpers import BASE, make_data_dir, tiny_config
+from tests.trainers.helpers import BASE, make_data_dir, q_of, tiny_config
 from tests.trainers.test_policy import act_in_fresh_process, fresh_first_observation
 
 
@@ -82,16 +82,9 @@ def test_the_advantage_weighted_actor_weighs_by_q_and_never_moves_q():
     tf.keras.utils.set_random_seed(0)
     plain = qtopt.QTOpt(config.replace(actor_advantage_temperature=0.0))
     observation, action = batch[tr.OBSERVATION], batch[schema.ACTION]
-    online = weighted.online
-    features = online.features(observation[schema.IMAGE])
-    state = networks.state_vector(observation)
-    predicted = online.act(observation, average=False)
-    weights = qtopt.advantage_weights(
-        tf.sigmoid(online.logits(features, state, action)),
-        tf.sigmoid(online.logits(features, state, predicted)),
-        0.05,
-        20.0,
-    )
+    q = q_of(weighted.online, observation)
+    predicted = weighted.online.act(observation, average=False)
+    weights = qtopt.advantage_weights(q(action), q(predicted), 0.05, 20.0)
     assert float(tf.math.reduce_std(weights)) > 0.01  # the weighting is not flat here
     expected = float(qtopt.behaviour_cloning_loss(predicted, action, batch[tr.SUCCESS], weights))
     unweighted = float(qtopt.behaviour_cloning_loss(predicted, action, batch[tr.SUCCESS]))

@@ -11,7 +11,7 @@ from neverstop.trainers import cem, evaluate, qtopt, run
 from neverstop.trainers import policy as policy_lib
 from neverstop.trainers.config import CEMConfig, ConfigError, TrainConfig
 from neverstop.trainers.networks import state_vector
-from tests.trainers.helpers import BASE, make_data_dir, tiny_config
+from tests.trainers.helpers import BASE, make_data_dir, q_of, tiny_config
 
 PEAK = np.array([0.6, -0.4, 0.2, 0.0, 0.9], np.float32)
 
@@ -21,14 +21,6 @@ class _PeakedQ:
 
     def logits(self, features, state, action, training=False):
         return -4.0 * tf.reduce_sum(tf.square(action - PEAK), axis=-1)
-
-
-def _q_of(network, observation):
-    """Q(s, a) on `observation`'s states as a function of actions [B, 5] -> [B]
-    (the image tower runs once)."""
-    features = network.features(observation[schema.IMAGE])
-    state = state_vector(observation)
-    return lambda actions: tf.sigmoid(network.logits(features, state, actions)).numpy()
 
 
 def test_the_conservative_gap_is_q_at_cems_argmax_minus_q_at_the_data():
@@ -138,7 +130,7 @@ def test_actor_cem_acts_near_the_actor_and_never_below_its_q(actor_run):
     narrow = CEMConfig(samples=16, elites=2, actor_std=0.02)
     acted = policy_lib.greedy_actions(network, narrow, observation, [5, 6], "actor_cem")
     assert np.abs(acted.numpy() - actor.numpy()).max() < 0.15
-    q = _q_of(network, observation)
+    q = q_of(network, observation)
     assert np.all(q(acted) >= q(actor) - 1e-6)
     # A wider search moves further from the actor, to actions Q scores higher still.
     wide = CEMConfig(samples=64, elites=6, actor_std=0.5)
@@ -168,7 +160,7 @@ def test_the_exported_actor_cem_policy_acts_in_a_fresh_process(actor_run, tmp_pa
     network, _, _ = checkpoints.load_network(actor_run)
     obs = fresh_first_observation()
     observation = _observation(obs)
-    q = _q_of(network, observation)
+    q = q_of(network, observation)
     first = tf.constant([result["actions"][0]], tf.float32)
     q_first, q_actor = (float(q(a)[0]) for a in (first, network.act(observation)))
     assert q_first >= q_actor - 1e-5
