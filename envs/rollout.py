@@ -22,6 +22,23 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> Tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def difference_interval(
+    successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = 1.96
+) -> Tuple[float, float]:
+    """An interval for rate_a - rate_b: Newcombe's hybrid score interval (his
+    method 10, 1998), built from the two Wilson intervals. It treats the two
+    samples as independent; two evaluations on the same seeds are positively
+    correlated, so for them it is wider than it needs to be, not narrower."""
+    low_a, high_a = wilson_interval(successes_a, trials_a, z)  # checks the counts
+    low_b, high_b = wilson_interval(successes_b, trials_b, z)
+    p_a, p_b = successes_a / trials_a, successes_b / trials_b
+    delta = p_a - p_b
+    return (
+        delta - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
+        delta + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class RolloutResult:
     task: str

@@ -7,6 +7,8 @@ data dir's dataset cards), so it can be rebuilt at any time:
     report/finetune.{md,csv}     fine-tuning by target size, with the base policy
     report/baselines.{md,csv}    finetune vs scratch vs imagenet at the largest size
     report/continual.{md,csv}    each link of the chain next to the single-step fine-tune
+    report/findings.{md,csv}     the study's findings as differences with intervals, and
+                                 how many challenges show each (when all four tables exist)
     report/finetune.png          success vs target grasps, one panel per task
     report/continual.png         the chain: success on each link's task, and on base
     report/README.md             all of the above with the scale and dataset versions
@@ -17,8 +19,9 @@ Every success rate comes with its Wilson 95% interval and episode count.
 import csv
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from neverstop.envs import rollout
 from neverstop.workflows import dag
 
 REPORT_DIR = "report"
@@ -171,6 +174,144 @@ def continual_table(run_dir: str, scale: dict, out_dir: str) -> str:
         )
         lines.append(_md_row([k, task, _pct(chain), _pct(single), _pct(on_base), forgetting]))
     return _write_table(out_dir, "continual", rows, lines)
+
+
+# --- Findings: the study's questions, answered by this run ---------------------------------
+
+# The issue's (not the study's) thresholds for "the study's pattern": a challenge
+# costs the base policy at least DROP_POINTS, fine-tuning buys back at least
+# LIFT_POINTS. The study's own effects were larger (docs/experiments.md).
+DROP_POINTS = 15.0
+LIFT_POINTS = 10.0
+
+FINDINGS = ("cost", "lift", "vs_scratch", "vs_imagenet", "chain_vs_single")
+
+
+def _difference(a: Optional[dict], b: Optional[dict]) -> Optional[Tuple[float, float, float]]:
+    """(a - b, low, high) in points, with Newcombe's 95% interval; None if one is missing."""
+    if not (a and b):
+        return None
+    low, high = rollout.difference_interval(
+        a["successes"], a["episodes"], b["successes"], b["episodes"]
+    )
+    return 100 * (a["success_rate"] - b["success_rate"]), 100 * low, 100 * high
+
+
+def _diff_text(diff, threshold: Optional[float] = None) -> str:
+    if diff is None:
+        return "n/a"
+    text = f"{diff[0]:+.1f} [{diff[1]:+.1f}, {diff[2]:+.1f}]"
+    return f"**{text}**" if threshold is not None and diff[0] >= threshold else text
+
+
+def _findings(run_dir: str, scale: dict) -> List[dict]:
+    """Per challenge: each finding's (points, low, high) or None, and the fine-tune
+    size the lift was read at (the best size up to the largest, as the study reads
+    "with at most N grasps"; picking the best of several sizes favours the lift a
+    little, which its interval does not account for)."""
+    largest = max(scale["sizes"])
+    base_on_base = _load_eval(run_dir, "base", "base")
+    out = []
+    for k, task, link in continual_links(scale):
+        base = _load_eval(run_dir, "base", task)
+        tuned = {n: _load_eval(run_dir, f"finetune-{task}-{n}", task) for n in scale["sizes"]}
+        found = [n for n in scale["sizes"] if tuned[n]]
+        best = max(found, key=lambda n: tuned[n]["success_rate"]) if found else None
+        largest_run = tuned[largest]
+        out.append(
+            {
+                "task": task,
+                "best_size": best,
+                "cost": _difference(base_on_base, base),
+                "lift": _difference(tuned[best], base) if best else None,
+                "vs_scratch": _difference(
+                    largest_run, _load_eval(run_dir, f"scratch-{task}-{largest}", task)
+                ),
+                "vs_imagenet": _difference(
+                    largest_run, _load_eval(run_dir, f"imagenet-{task}-{largest}", task)
+                ),
+                "chain_vs_single": _difference(_load_eval(run_dir, link, task), largest_run),
+            }
+        )
+    return out
+
+
+def _count(findings: List[dict], key: str, test) -> Tuple[int, List[str]]:
+    tasks = [f["task"] for f in findings if f[key] is not None and test(f[key])]
+    return len(tasks), tasks
+
+
+def findings_table(run_dir: str, scale: dict, out_dir: str) -> str:
+    """report/findings.{md,csv}: per challenge, in points with 95% intervals, what
+    the challenge costs the base policy (on `base` minus on the task), what the
+    best fine-tune buys back, fine-tuning minus `scratch` and minus `imagenet` at
+    the largest size, and the chain's link minus the single-step fine-tune; then
+    how many challenges show each of the study's findings."""
+    largest = max(scale["sizes"])
+    findings = _findings(run_dir, scale)
+    columns = [
+        "task",
+        "cost of the challenge",
+        f"lift by fine-tuning (best of <= {largest} grasps)",
+        f"fine-tuned minus scratch ({largest})",
+        f"fine-tuned minus imagenet ({largest})",
+        "chain link minus single-step",
+    ]
+    rows, lines = [], _md_header(columns)
+    for f in findings:
+        row = {"task": f["task"], "lift_target_grasps": f["best_size"] or ""}
+        for key in FINDINGS:
+            values = [round(v, 1) for v in f[key]] if f[key] else ["", "", ""]
+            row.update(zip((f"{key}_points", f"{key}_ci_low", f"{key}_ci_high"), values))
+        rows.append(row)
+        lift = _diff_text(f["lift"], LIFT_POINTS)
+        lines.append(
+            _md_row(
+                [
+                    f["task"],
+                    _diff_text(f["cost"], DROP_POINTS),
+                    f"{lift} at {f['best_size']}" if f["best_size"] else lift,
+                    _diff_text(f["vs_scratch"]),
+                    _diff_text(f["vs_imagenet"]),
+                    _diff_text(f["chain_vs_single"]),
+                ]
+            )
+        )
+    total = len(findings)
+
+    def summary(what: str, key: str, threshold: float) -> str:
+        """How many show the finding: the point at least `threshold` (above 0 if 0)."""
+        n, tasks = _count(findings, key, lambda d: d[0] >= threshold if threshold else d[0] > 0)
+        sure, _ = _count(findings, key, lambda d: d[1] > 0)
+        names = f" ({', '.join(tasks)})" if tasks else ""
+        return f"- {what}: **{n} of {total}**{names}; with the interval above 0: {sure} of {total}."
+
+    held, _ = _count(findings, "chain_vs_single", lambda d: d[2] >= 0)
+    lines += [
+        "",
+        "Points with Newcombe's 95% interval for a difference of two rates; bold where "
+        f"a challenge costs >= {DROP_POINTS:g} points or fine-tuning lifts >= "
+        f"{LIFT_POINTS:g}.",
+        "",
+        summary(
+            f"Challenges that cost the base policy >= {DROP_POINTS:g} points", "cost", DROP_POINTS
+        ),
+        summary(
+            f"Challenges that fine-tuning with <= {largest} target grasps lifts >= "
+            f"{LIFT_POINTS:g} points",
+            "lift",
+            LIFT_POINTS,
+        ),
+        summary(
+            f"Challenges where fine-tuning beats `scratch` ({largest} grasps)", "vs_scratch", 0
+        ),
+        summary(
+            f"Challenges where fine-tuning beats `imagenet` ({largest} grasps)", "vs_imagenet", 0
+        ),
+        f"- Chain links no worse than the single-step fine-tune (interval reaching 0 or "
+        f"above): **{held} of {total}**.",
+    ]
+    return _write_table(out_dir, "findings", rows, lines)
 
 
 # --- Plots --------------------------------------------------------------------------------
@@ -349,7 +490,11 @@ def _timings(run_dir: str) -> List[str]:
     return lines
 
 
+# The findings table reads all four tables' results; scales without them skip it.
+FINDINGS_NEED = ("robustness", "finetune", "baselines", "continual")
+
 TABLE_TITLES = {
+    "findings": "What this run says about the study's questions (points, 95% intervals)",
     "robustness": "Robustness: the base policy on every task (held-out objects)",
     "finetune": "Fine-tuning by number of target grasps (50% base, 50% target data)",
     "baselines": "Is RL pre-training needed? Fine-tuning vs scratch vs ImageNet-style features",
@@ -369,6 +514,9 @@ def write_report(run_dir: str, scale: dict) -> dict:
         "continual": continual_table,
     }
     texts = {name: builders[name](run_dir, scale, out_dir) for name in tables}
+    if set(FINDINGS_NEED) <= set(tables):
+        texts["findings"] = findings_table(run_dir, scale, out_dir)
+        tables = ["findings"] + tables
     plots = []
     if "finetune" in tables:
         plots.append(finetune_plot(run_dir, scale, out_dir))

@@ -47,6 +47,33 @@ def test_wilson_interval_rejects_invalid_counts(successes, trials, message):
         rollout.wilson_interval(successes, trials)
 
 
+@pytest.mark.parametrize(
+    "counts, expected",
+    [
+        # Newcombe (1998), Table II, method 10 (hybrid score), his examples (a), (b),
+        # (d), (g) and (h).
+        ((56, 70, 48, 80), (0.0524, 0.3339)),
+        ((9, 10, 3, 10), (0.1705, 0.8090)),
+        ((5, 56, 0, 29), (-0.0381, 0.1926)),
+        ((0, 10, 0, 20), (-0.1611, 0.2775)),
+        ((10, 10, 0, 20), (0.6791, 1.0)),
+    ],
+)
+def test_difference_interval_matches_newcombes_published_values(counts, expected):
+    low, high = rollout.difference_interval(*counts)
+    assert low == pytest.approx(expected[0], abs=1e-4)
+    assert high == pytest.approx(expected[1], abs=1e-4)
+
+
+def test_difference_interval_is_antisymmetric_and_checks_counts():
+    low, high = rollout.difference_interval(30, 100, 45, 90)
+    swapped_low, swapped_high = rollout.difference_interval(45, 90, 30, 100)
+    assert (low, high) == pytest.approx((-swapped_high, -swapped_low))
+    assert low < 30 / 100 - 45 / 90 < high < 0
+    with pytest.raises(ValueError, match="trials must be positive, got 0"):
+        rollout.difference_interval(0, 0, 1, 2)
+
+
 def test_rollout_counts_are_consistent():
     outcomes = []
     result = rollout.rollout("base", "random", 5, seed=2, progress=outcomes.append)

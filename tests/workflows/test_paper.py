@@ -318,6 +318,25 @@ def test_continual_table_has_a_row_per_link_with_forgetting(smoke):
         assert float(row["forgetting_points"]) == pytest.approx(expected, abs=0.06)
 
 
+def test_findings_table_agrees_with_the_other_tables(smoke):
+    rows = _csv(smoke["run_dir"], "findings")
+    assert [r["task"] for r in rows] == list(schema.CHALLENGE_TASKS)
+    robustness = {r["task"]: float(r["success"]) for r in _csv(smoke["run_dir"], "robustness")}
+    finetune = {r["task"]: float(r["success"]) for r in _csv(smoke["run_dir"], "finetune")}
+    methods = {
+        (r["task"], r["method"]): float(r["success"]) for r in _csv(smoke["run_dir"], "baselines")
+    }
+    for row in rows:
+        task = row["task"]
+        cost = 100 * (robustness["base"] - robustness[task])
+        assert float(row["cost_points"]) == pytest.approx(cost, abs=0.06)
+        scratch = 100 * (finetune[task] - methods[(task, "scratch")])
+        assert float(row["vs_scratch_points"]) == pytest.approx(scratch, abs=0.06)
+        for key in report.FINDINGS:
+            low, high = float(row[f"{key}_ci_low"]), float(row[f"{key}_ci_high"])
+            assert -100 <= low <= float(row[f"{key}_points"]) <= high <= 100
+
+
 def test_plots_are_valid_pngs(smoke):
     for name in ("finetune.png", "continual.png"):
         path = os.path.join(smoke["run_dir"], "report", name)
@@ -332,7 +351,7 @@ def test_plots_are_valid_pngs(smoke):
 def test_readme_ties_tables_plots_scale_and_datasets_together(smoke):
     assert smoke["readme"] == os.path.join(smoke["run_dir"], "report", "README.md")
     text = open(smoke["readme"]).read()
-    for name in ("robustness", "finetune", "baselines", "continual"):
+    for name in ("findings", "robustness", "finetune", "baselines", "continual"):
         assert f"[{name}.csv]({name}.csv)" in text
         assert report.TABLE_TITLES[name] in text
     assert "![success vs target grasps](finetune.png)" in text
