@@ -585,7 +585,12 @@ def _cmd_quickstart(args) -> int:
 def _cmd_experiment(args) -> int:
     from neverstop.workflows import paper
 
-    scale = paper.get_scale(args.scale)
+    scale = paper.get_scale(args.scale) if args.scale else None
+    if args.report_only:
+        print(f"report: {paper.rebuild_report(args.run_dir, scale)}")
+        return 0
+    if scale is None:
+        raise ValueError("--scale is required (smoke, small or full) unless --report-only")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     return _run_workflow(
@@ -685,17 +690,27 @@ def build_parser() -> argparse.ArgumentParser:
         "ended. Scales: smoke (every step on a handful of episodes, minutes; numbers are "
         "noise), small (about 2-3 hours here), full (the study's sizes; many hours, see "
         "docs/experiments.md).",
-        epilog="example: neverstop experiment paper --scale small --run-dir runs/paper-small",
+        epilog="example: neverstop experiment paper --scale small --run-dir runs/paper-small; "
+        "while it runs (or after it stopped), the tables so far: neverstop experiment paper "
+        "--run-dir runs/paper-small --report-only",
     )
     p.add_argument("experiment", choices=("paper",), help="which experiment")
     p.add_argument(
-        "--scale", required=True, choices=("smoke", "small", "full"), help="how big a run"
+        "--scale",
+        choices=("smoke", "small", "full"),
+        help="how big a run (required unless --report-only, which reads it from the run dir)",
     )
     p.add_argument(
         "--run-dir", required=True, help="where everything goes; the same dir resumes a run"
     )
     p.add_argument(
         "--workers", type=int, default=2, help="steps run in parallel (default: %(default)s)"
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run no step: rewrite RUN_DIR/report/ from the steps finished so far (missing "
+        "results show as n/a), e.g. to look at a run still going, or one stopped early",
     )
     p.set_defaults(fn=_cmd_experiment)
 

@@ -669,13 +669,24 @@ def build_steps(scale: Scale) -> List[dag.Step]:
 # --- Running ------------------------------------------------------------------------------
 
 
+def saved_scale(run_dir: str) -> Optional[dict]:
+    """The scale DIR/experiment.json records, or None if there is no such file."""
+    path = os.path.join(run_dir, EXPERIMENT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f).get("scale")
+    if not isinstance(saved, dict) or "name" not in saved:
+        raise ValueError(f"{path}: expected {{'scale': {{'name': ..., ...}}}}, found no scale")
+    return saved
+
+
 def check_run_dir(run_dir: str, scale: Scale) -> None:
     """Writes DIR/experiment.json, or refuses a run dir made with another scale."""
     path = os.path.join(run_dir, EXPERIMENT_FILE)
     wanted = scale.as_dict()
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f).get("scale", {})
+    saved = saved_scale(run_dir)
+    if saved is not None:
         differs = sorted(
             (k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)),
             key=lambda k: (k != "name", k),  # the scale's name first
@@ -712,6 +723,23 @@ def run(
     with _exclusive(run_dir):
         dag.run_steps(steps, run_dir, workers=workers, progress=progress)
     return report_path(run_dir)
+
+
+def rebuild_report(run_dir: str, scale: Optional[Scale] = None) -> str:
+    """Rewrites DIR/report/ from the results of the steps finished so far (a
+    missing result shows as n/a); runs no step. Returns report/README.md's path.
+    With `scale`, refuses a run dir made with another one."""
+    saved = saved_scale(run_dir)
+    if saved is None:
+        raise ValueError(
+            f"{os.path.join(run_dir, EXPERIMENT_FILE)} not found: {run_dir} is not an "
+            "experiment's run dir (start one with neverstop experiment paper --scale ...)"
+        )
+    if scale is not None:
+        check_run_dir(run_dir, scale)
+    from neverstop.workflows import report
+
+    return report.write_report(run_dir, saved)["readme"]
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,6 +336,53 @@ def test_findings_table_agrees_with_the_other_tables(smoke):
         for key in report.FINDINGS:
             low, high = float(row[f"{key}_ci_low"]), float(row[f"{key}_ci_high"])
             assert -100 <= low <= float(row[f"{key}_points"]) <= high <= 100
+
+
+def test_report_only_rebuilds_the_report_from_what_finished_and_runs_nothing(
+    smoke, tmp_path, capsys
+):
+    """A copy of the run's results with one step's evaluation missing, as in a run
+    still going: --report-only writes every table, n/a where the result is not in."""
+    from neverstop import cli
+
+    run_dir = str(tmp_path / "partial")
+    os.makedirs(run_dir)
+    shutil.copy(os.path.join(smoke["run_dir"], paper.EXPERIMENT_FILE), run_dir)
+    shutil.copytree(os.path.join(smoke["run_dir"], "eval"), os.path.join(run_dir, "eval"))
+    shutil.rmtree(os.path.join(run_dir, "eval", "scratch-harsh_lighting-4"))
+    assert cli.main(["experiment", "paper", "--run-dir", run_dir, "--report-only"]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {paper.report_path(run_dir)}"
+    assert sorted(os.listdir(run_dir)) == sorted([paper.EXPERIMENT_FILE, "eval", "report"])
+    baselines = _csv(run_dir, "baselines")
+    missing = [r for r in baselines if (r["task"], r["method"]) == ("harsh_lighting", "scratch")]
+    assert [r["success"] for r in missing] == [""]
+    assert _csv(run_dir, "baselines")[0] == _csv(smoke["run_dir"], "baselines")[0]
+    findings = {r["task"]: r for r in _csv(run_dir, "findings")}
+    assert findings["harsh_lighting"]["vs_scratch_points"] == ""
+    assert (
+        findings["checkerboard"]
+        == {r["task"]: r for r in _csv(smoke["run_dir"], "findings")}["checkerboard"]
+    )
+    # Another scale is refused, naming the file; the record is left as it was.
+    before = open(os.path.join(run_dir, paper.EXPERIMENT_FILE)).read()
+    assert (
+        cli.main(["experiment", "paper", "--scale", "small", "--run-dir", run_dir, "--report-only"])
+        == 2
+    )
+    assert "experiment.json: this run dir was made with scale 'smoke'" in capsys.readouterr().err
+    assert open(os.path.join(run_dir, paper.EXPERIMENT_FILE)).read() == before
+
+
+def test_report_only_needs_a_run_dir_and_a_run_needs_a_scale(tmp_path, capsys):
+    from neverstop import cli
+
+    empty = str(tmp_path / "empty")
+    assert cli.main(["experiment", "paper", "--run-dir", empty, "--report-only"]) == 2
+    assert "experiment.json not found" in capsys.readouterr().err
+    assert not os.path.exists(empty)
+    assert cli.main(["experiment", "paper", "--run-dir", empty]) == 2
+    assert "--scale is required" in capsys.readouterr().err
+    assert not os.path.exists(empty)
 
 
 def test_plots_are_valid_pngs(smoke):
