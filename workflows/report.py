@@ -471,6 +471,53 @@ def _datasets(run_dir: str) -> List[str]:
     return lines
 
 
+def _training_runs(run_dir: str) -> List[str]:
+    """Every checkpoint, in the order it was made: its mode, what it started from,
+    its data, its steps and the config values that differ from the base policy's
+    (printed once in full). From each checkpoint's lineage.json and config.json."""
+    root = os.path.join(run_dir, "checkpoints")
+    runs = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        paths = [os.path.join(root, name, f) for f in ("lineage.json", "config.json")]
+        if all(os.path.exists(p) for p in paths):
+            lineage, config = (json.load(open(p)) for p in paths)
+            runs.append((lineage.get("created", ""), name, lineage, config))
+    if not runs:
+        return []
+    runs.sort()
+    configs = {name: config for _, name, _, config in runs}
+    reference_name = "base" if "base" in configs else runs[0][1]
+    reference = configs[reference_name]
+    lines = _md_header(
+        [
+            "checkpoint",
+            "mode",
+            "from",
+            "data (dataset:version:split:weight)",
+            "steps",
+            f"config, where it differs from `{reference_name}`'s",
+        ]
+    )
+    for _, name, lineage, config in runs:
+        parent = (lineage.get("parent_checkpoint") or {}).get("id")
+        start = f"`{parent}`" if parent else ""
+        if lineage.get("vision_weights"):
+            start = "the vision tower"
+        differs = ", ".join(
+            f"{k}={json.dumps(config.get(k))}"
+            for k in sorted(set(config) | set(reference))
+            if k not in ("mode", "steps") and config.get(k) != reference.get(k)
+        )
+        data = f"`{lineage.get('mixture_string', '')}`"
+        lines.append(
+            _md_row(
+                [f"`{name}`", lineage.get("mode", ""), start, data, config.get("steps"), differs]
+            )
+        )
+    full = json.dumps(reference, indent=2, sort_keys=True)
+    return lines + ["", f"`{reference_name}`'s config:", "", "```json", full, "```"]
+
+
 def _timings(run_dir: str) -> List[str]:
     markers = []
     done_dir = os.path.join(run_dir, dag.DONE_DIR)
@@ -537,6 +584,9 @@ def write_report(run_dir: str, scale: dict) -> dict:
         if name == "continual":
             lines += ["![continual chain](continual.png)", ""]
     lines += ["## Datasets (versions as trained on)", ""] + _datasets(run_dir) + [""]
+    runs = _training_runs(run_dir)
+    if runs:
+        lines += ["## Training runs (each checkpoint's data and config)", ""] + runs + [""]
     lines += ["## Scale", "", "```json", json.dumps(scale, indent=2, sort_keys=True), "```", ""]
     lines += ["## Where the time went (finished steps)", ""] + _timings(run_dir) + [""]
     lines += [

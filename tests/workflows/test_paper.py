@@ -407,4 +407,24 @@ def test_readme_ties_tables_plots_scale_and_datasets_together(smoke):
     for dataset in ("grasps/base:1.0.0", "grasps/base:1.1.0", "grasps/checkerboard:1.0.0"):
         assert f"`{dataset}`" in text
     assert '"name": "smoke"' in text
+    # Every checkpoint's data and config: the base pre-training, and a fine-tune
+    # that starts from the base policy's last checkpoint on the 50/50 mixture.
+    runs = text.split("## Training runs")[1].split("## Scale")[0]
+    assert (
+        f"| `base-r0` | pretrain |  | `grasps/base:1.0.0:train:1` | {SMOKE.pretrain_steps} |"
+        in runs
+    )
+    parent = json.load(
+        open(
+            os.path.join(smoke["run_dir"], "checkpoints", "finetune-checkerboard-4", "lineage.json")
+        )
+    )
+    assert parent["parent_checkpoint"]["id"].startswith("base.ckpt-")
+    assert (
+        f"| `finetune-checkerboard-4` | finetune | `{parent['parent_checkpoint']['id']}` | "
+        "`grasps/base:1.1.0:train:0.5,grasps/checkerboard:1.0.0:train[:4]:0.5` | "
+    ) in runs
+    assert "| `scratch-checkerboard-4` | scratch |  |" in runs
+    assert "| `imagenet-checkerboard-4` | imagenet | the vision tower |" in runs
+    assert "`base`'s config:" in runs and '"conservative_weight": 0.3' in runs
     assert "| checkerboard | 4 |" in text
