@@ -212,7 +212,7 @@ def _findings(run_dir: str, scale: dict) -> List[dict]:
     largest = max(scale["sizes"])
     base_on_base = _load_eval(run_dir, "base", "base")
     out = []
-    for k, task, link in continual_links(scale):
+    for _, task, link in continual_links(scale):
         base = _load_eval(run_dir, "base", task)
         tuned = {n: _load_eval(run_dir, f"finetune-{task}-{n}", task) for n in scale["sizes"]}
         found = [n for n in scale["sizes"] if tuned[n]]
@@ -334,7 +334,8 @@ def _errorbar(result: dict):
 
 def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
     """Success vs target grasps, one panel per challenge task, with the base
-    policy as a reference line (its interval shaded) and the baselines."""
+    policy on the task as a reference line (its interval shaded), its level on
+    `base` (dotted) and the baselines."""
     plt = _pyplot()
     tasks = scale["challenges"]
     columns = min(3, len(tasks))
@@ -343,8 +344,18 @@ def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
         rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, sharey=True
     )
     sizes = list(scale["sizes"])
+    base_on_base = _load_eval(run_dir, "base", "base")
     for i, task in enumerate(tasks):
         ax = axes[i // columns][i % columns]
+        if base_on_base:
+            # Where the base policy was before the challenge: the gap to the dashed
+            # line below is what the challenge cost it.
+            ax.axhline(
+                100 * base_on_base["success_rate"],
+                color="black",
+                linestyle=":",
+                label="base policy, on base",
+            )
         points = [(n, _load_eval(run_dir, f"finetune-{task}-{n}", task)) for n in sizes]
         points = [(n, r) for n, r in points if r]
         if points:
@@ -362,7 +373,10 @@ def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
         base = _load_eval(run_dir, "base", task)
         if base:
             ax.axhline(
-                100 * base["success_rate"], color="gray", linestyle="--", label="base policy"
+                100 * base["success_rate"],
+                color="gray",
+                linestyle="--",
+                label="base policy, on this task",
             )
             ax.axhspan(
                 100 * base["interval_95"][0], 100 * base["interval_95"][1], color="gray", alpha=0.15
