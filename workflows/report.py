@@ -87,31 +87,47 @@ def robustness_table(run_dir: str, scale: dict, out_dir: str) -> str:
     return _write_table(out_dir, "robustness", rows, lines)
 
 
-def _points(result, reference):
-    """result's success rate minus reference's, in points (blank if one is missing)."""
-    if not (result and reference):
-        return ""
-    return round(100 * (result["success_rate"] - reference["success_rate"]), 1)
+def _difference(a: Optional[dict], b: Optional[dict]) -> Optional[Tuple[float, float, float]]:
+    """(a - b, low, high) in points, with Newcombe's 95% interval; None if one is missing."""
+    if not (a and b):
+        return None
+    low, high = rollout.difference_interval(
+        a["successes"], a["episodes"], b["successes"], b["episodes"]
+    )
+    return 100 * (a["success_rate"] - b["success_rate"]), 100 * low, 100 * high
+
+
+def _diff_text(diff, threshold: Optional[float] = None) -> str:
+    if diff is None:
+        return "n/a"
+    text = f"{diff[0]:+.1f} [{diff[1]:+.1f}, {diff[2]:+.1f}]"
+    return f"**{text}**" if threshold is not None and diff[0] >= threshold else text
+
+
+def _diff_cells(key: str, diff) -> Dict[str, object]:
+    """CSV columns <key>_points, <key>_ci_low, <key>_ci_high (blank if missing)."""
+    values = [round(v, 1) for v in diff] if diff else ["", "", ""]
+    return dict(zip((f"{key}_points", f"{key}_ci_low", f"{key}_ci_high"), values))
 
 
 def finetune_table(run_dir: str, scale: dict, out_dir: str) -> str:
-    columns = ["task", "target grasps", "fine-tuned", "base policy", "change (points)"]
+    columns = ["task", "target grasps", "fine-tuned", "base policy", "change (points, 95%)"]
     rows, lines = [], _md_header(columns)
     for task in scale["challenges"]:
         base = _load_eval(run_dir, "base", task)
         for size in scale["sizes"]:
             result = _load_eval(run_dir, f"finetune-{task}-{size}", task)
-            change = _points(result, base)
+            change = _difference(result, base)
             rows.append(
                 {
                     "task": task,
                     "target_grasps": size,
                     **_cells("", result),
                     **_cells("base_", base),
-                    "change_points": change,
+                    **_diff_cells("change", change),
                 }
             )
-            lines.append(_md_row([task, size, _pct(result), _pct(base), change]))
+            lines.append(_md_row([task, size, _pct(result), _pct(base), _diff_text(change)]))
     return _write_table(out_dir, "finetune", rows, lines)
 
 
@@ -154,14 +170,14 @@ def continual_table(run_dir: str, scale: dict, out_dir: str) -> str:
         "continual (on task)",
         "single-step fine-tune (on task)",
         "continual on base",
-        "forgetting (points)",
+        "forgetting (points, 95%)",
     ]
     rows, lines = [], _md_header(columns)
     for k, task, name in continual_links(scale):
         chain = _load_eval(run_dir, name, task)
         single = _load_eval(run_dir, f"finetune-{task}-{size}", task)
         on_base = _load_eval(run_dir, name, "base")
-        forgetting = _points(base_before, on_base)
+        forgetting = _difference(base_before, on_base)
         rows.append(
             {
                 "link": k,
@@ -169,10 +185,12 @@ def continual_table(run_dir: str, scale: dict, out_dir: str) -> str:
                 **_cells("continual_", chain),
                 **_cells("single_step_", single),
                 **_cells("base_after_link_", on_base),
-                "forgetting_points": forgetting,
+                **_diff_cells("forgetting", forgetting),
             }
         )
-        lines.append(_md_row([k, task, _pct(chain), _pct(single), _pct(on_base), forgetting]))
+        lines.append(
+            _md_row([k, task, _pct(chain), _pct(single), _pct(on_base), _diff_text(forgetting)])
+        )
     return _write_table(out_dir, "continual", rows, lines)
 
 
@@ -185,23 +203,6 @@ DROP_POINTS = 15.0
 LIFT_POINTS = 10.0
 
 FINDINGS = ("cost", "lift", "vs_scratch", "vs_imagenet", "chain_vs_single")
-
-
-def _difference(a: Optional[dict], b: Optional[dict]) -> Optional[Tuple[float, float, float]]:
-    """(a - b, low, high) in points, with Newcombe's 95% interval; None if one is missing."""
-    if not (a and b):
-        return None
-    low, high = rollout.difference_interval(
-        a["successes"], a["episodes"], b["successes"], b["episodes"]
-    )
-    return 100 * (a["success_rate"] - b["success_rate"]), 100 * low, 100 * high
-
-
-def _diff_text(diff, threshold: Optional[float] = None) -> str:
-    if diff is None:
-        return "n/a"
-    text = f"{diff[0]:+.1f} [{diff[1]:+.1f}, {diff[2]:+.1f}]"
-    return f"**{text}**" if threshold is not None and diff[0] >= threshold else text
 
 
 def _findings(run_dir: str, scale: dict) -> List[dict]:
@@ -261,8 +262,7 @@ def findings_table(run_dir: str, scale: dict, out_dir: str) -> str:
     for f in findings:
         row = {"task": f["task"], "lift_target_grasps": f["best_size"] or ""}
         for key in FINDINGS:
-            values = [round(v, 1) for v in f[key]] if f[key] else ["", "", ""]
-            row.update(zip((f"{key}_points", f"{key}_ci_low", f"{key}_ci_high"), values))
+            row.update(_diff_cells(key, f[key]))
         rows.append(row)
         lift = _diff_text(f["lift"], LIFT_POINTS)
         lines.append(

@@ -269,6 +269,8 @@ def test_finetune_table_has_every_task_and_size_with_the_base_policy(smoke):
         "base_ci_high",
         "base_episodes",
         "change_points",
+        "change_ci_low",
+        "change_ci_high",
     ]
     assert [(r["task"], int(r["target_grasps"])) for r in rows] == [
         (t, n) for t in schema.CHALLENGE_TASKS for n in SMOKE.sizes
@@ -278,6 +280,8 @@ def test_finetune_table_has_every_task_and_size_with_the_base_policy(smoke):
         rate, base = _check_rate(row), _check_rate(row, "base_")
         assert base == float(robustness[row["task"]]["success"])
         assert float(row["change_points"]) == pytest.approx(100 * (rate - base), abs=0.06)
+        low, high = float(row["change_ci_low"]), float(row["change_ci_high"])
+        assert low <= float(row["change_points"]) <= high
 
 
 def test_baselines_table_compares_four_methods_at_the_largest_size(smoke):
@@ -305,7 +309,7 @@ def test_continual_table_has_a_row_per_link_with_forgetting(smoke):
     for prefix in ("continual_", "single_step_", "base_after_link_"):
         for key in ("success", "ci_low", "ci_high", "episodes"):
             assert f"{prefix}{key}" in rows[0]
-    assert list(rows[0])[-1] == "forgetting_points"
+    assert list(rows[0])[-3:] == ["forgetting_points", "forgetting_ci_low", "forgetting_ci_high"]
     assert [(int(r["link"]), r["task"]) for r in rows] == list(
         enumerate(schema.CHALLENGE_TASKS, start=1)
     )
