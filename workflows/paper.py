@@ -675,7 +675,11 @@ def saved_scale(run_dir: str) -> Optional[dict]:
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        saved = json.load(f).get("scale")
+        try:
+            record = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    saved = record.get("scale") if isinstance(record, dict) else None
     if not isinstance(saved, dict) or "name" not in saved:
         raise ValueError(f"{path}: expected {{'scale': {{'name': ..., ...}}}}, found no scale")
     return saved

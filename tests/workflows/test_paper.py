@@ -387,6 +387,19 @@ def test_report_only_needs_a_run_dir_and_a_run_needs_a_scale(tmp_path, capsys):
     assert cli.main(["experiment", "paper", "--run-dir", empty]) == 2
     assert "--scale is required" in capsys.readouterr().err
     assert not os.path.exists(empty)
+    # A damaged record is named, and left for the user to look at.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for text, message in (
+        ('{"experiment": "paper", "sca', "experiment.json: not valid JSON"),
+        ('{"experiment": "paper"}', "experiment.json: expected {'scale'"),
+    ):
+        (damaged / paper.EXPERIMENT_FILE).write_text(text)
+        for argv in (["--report-only"], ["--scale", "smoke"]):
+            assert cli.main(["experiment", "paper", "--run-dir", str(damaged)] + argv) == 2
+            assert message in capsys.readouterr().err
+            assert (damaged / paper.EXPERIMENT_FILE).read_text() == text
+        assert sorted(os.listdir(damaged)) == [paper.EXPERIMENT_FILE]
 
 
 def test_plots_are_valid_pngs(smoke):
