@@ -27,12 +27,30 @@ from neverstop.workflows import dag
 REPORT_DIR = "report"
 
 
+EVAL_KEYS = ("success_rate", "successes", "episodes", "interval_95")
+
+
 def _load_eval(run_dir: str, name: str, task: str) -> Optional[dict]:
+    """One evaluation's result, None if it has not run; a damaged file is an
+    error that names it (the report is derived, so it is rebuilt once fixed)."""
     path = os.path.join(run_dir, "eval", name, f"{task}.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            result = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}: not valid JSON ({e}); to redo its step, delete the file and the "
+                "step's marker in .done/"
+            ) from None
+    missing = [k for k in EVAL_KEYS if not isinstance(result, dict) or k not in result]
+    if missing:
+        raise ValueError(
+            f"{path}: expected an evaluation result (neverstop eval's JSON) with "
+            f"{', '.join(EVAL_KEYS)}; missing {', '.join(missing)}"
+        )
+    return result
 
 
 def _pct(result: Optional[dict]) -> str:

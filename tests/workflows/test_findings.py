@@ -4,6 +4,7 @@ Newcombe intervals, on a run directory of hand-written evaluation results."""
 import csv
 import json
 import os
+import re
 
 import pytest
 
@@ -126,3 +127,28 @@ def test_missing_results_are_named_not_invented(tmp_path):
         rows = list(csv.DictReader(f))
     assert rows[0]["lift_points"] == "" and rows[1]["cost_points"] == ""
     assert "cost the base policy >= 15 points: **1 of 5** (checkerboard)" in text
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"task": "checkerboard", "succ', "not valid JSON"),
+        (
+            '{"task": "checkerboard", "success_rate": 0.4}',
+            "missing successes, episodes, interval_95",
+        ),
+        ("[1, 2]", "missing success_rate, successes, episodes, interval_95"),
+    ],
+)
+def test_a_damaged_result_is_named_and_left_alone(tmp_path, text, message):
+    run_dir = str(tmp_path)
+    _write_eval(run_dir, "base", "base", BASE_ON_BASE)
+    path = paper.eval_path(run_dir, "base", "checkerboard")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    out_dir = os.path.join(run_dir, "report")
+    os.makedirs(out_dir)
+    with pytest.raises(ValueError, match=f"^{re.escape(path)}: .*{re.escape(message)}"):
+        report.findings_table(run_dir, SCALE, out_dir)
+    assert open(path).read() == text
