@@ -10,6 +10,15 @@ import os
 from typing import Any
 
 
+def read(path: str) -> Any:
+    """The JSON in `path`; a file that does not parse is a ValueError naming it."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
 def write_atomic(path: str, data: Any) -> None:
     """Writes `data` as indented, key-sorted JSON through a temporary file in
     the same directory and a rename, creating the directory."""

@@ -7,12 +7,12 @@ checkpoints `ckpt-<step>`. Anything that uses a trained network (fine-tuning
 """
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
 import tensorflow as tf
 
+from neverstop import jsonfile
 from neverstop.trainers.config import ConfigError, TrainConfig, check_compatible
 from neverstop.trainers.networks import QNetwork
 
@@ -97,5 +97,4 @@ def load_network(path: str):
 
 
 def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return jsonfile.read(path)

@@ -36,7 +36,6 @@ A target size counts episodes, and an episode is one grasp attempt, so
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -674,11 +673,7 @@ def saved_scale(run_dir: str) -> Optional[dict]:
     path = os.path.join(run_dir, EXPERIMENT_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        try:
-            record = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    record = jsonfile.read(path)
     saved = record.get("scale") if isinstance(record, dict) else None
     if not isinstance(saved, dict) or "name" not in saved:
         raise ValueError(f"{path}: expected {{'scale': {{'name': ..., ...}}}}, found no scale")

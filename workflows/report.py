@@ -11,7 +11,8 @@ data dir's dataset cards), so it can be rebuilt at any time:
                                  how many challenges show each (when all four tables exist)
     report/finetune.png          success vs target grasps, one panel per task
     report/continual.png         the chain: success on each link's task, and on base
-    report/README.md             all of the above with the scale and dataset versions
+    report/README.md             all of the above with the dataset versions, every
+                                 checkpoint's data and config, and the scale
 
 Every success rate comes with its Wilson 95% interval and episode count.
 """
@@ -21,6 +22,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from neverstop import jsonfile
 from neverstop.envs import rollout
 from neverstop.workflows import dag
 
@@ -36,14 +38,7 @@ def _load_eval(run_dir: str, name: str, task: str) -> Optional[dict]:
     path = os.path.join(run_dir, "eval", name, f"{task}.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        try:
-            result = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}: not valid JSON ({e}); to redo its step, delete the file and the "
-                "step's marker in .done/"
-            ) from None
+    result = jsonfile.read(path)
     missing = [k for k in EVAL_KEYS if not isinstance(result, dict) or k not in result]
     if missing:
         raise ValueError(
@@ -512,7 +507,7 @@ def _training_runs(run_dir: str) -> List[str]:
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         paths = [os.path.join(root, name, f) for f in ("lineage.json", "config.json")]
         if all(os.path.exists(p) for p in paths):
-            lineage, config = (json.load(open(p)) for p in paths)
+            lineage, config = (jsonfile.read(p) for p in paths)
             runs.append((lineage.get("created", ""), name, lineage, config))
     if not runs:
         return []

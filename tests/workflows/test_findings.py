@@ -1,5 +1,6 @@
-"""Tests for report.findings_table: the study's findings as differences with
-Newcombe intervals, on a run directory of hand-written evaluation results."""
+"""Tests for report.findings_table (the study's findings as differences with
+Newcombe intervals) and the report's reading of damaged results and run files,
+on run directories of hand-written files."""
 
 import csv
 import json
@@ -152,3 +153,19 @@ def test_a_damaged_result_is_named_and_left_alone(tmp_path, text, message):
     with pytest.raises(ValueError, match=f"^{re.escape(path)}: .*{re.escape(message)}"):
         report.findings_table(run_dir, SCALE, out_dir)
     assert open(path).read() == text
+
+
+def test_training_runs_name_a_damaged_lineage(tmp_path):
+    run = tmp_path / "checkpoints" / "base"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"steps": 10, "mode": "pretrain", "gamma": 0.9}')
+    (run / "lineage.json").write_text(
+        '{"mode": "pretrain", "mixture_string": "grasps/base:1.0.0:train:1"}'
+    )
+    lines = report._training_runs(str(tmp_path))
+    assert "| `base` | pretrain |  | `grasps/base:1.0.0:train:1` | 10 |  |" in lines
+    (run / "lineage.json").write_text('{"mode": "pre')
+    with pytest.raises(
+        ValueError, match=f"^{re.escape(str(run / 'lineage.json'))}: not valid JSON"
+    ):
+        report._training_runs(str(tmp_path))
