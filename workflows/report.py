@@ -339,10 +339,24 @@ def _pyplot():
     return plt
 
 
-def _errorbar(result: dict):
-    low, high = result["interval_95"]
-    rate = result["success_rate"]
-    return 100 * rate, [[100 * (rate - low)], [100 * (high - rate)]]
+def _series(ax, points: List[tuple], **style) -> None:
+    """Success (%) at each (x, result) with its Wilson interval as error bars;
+    missing results (None) are left out."""
+    points = [(x, r) for x, r in points if r]
+    if not points:
+        return
+    rates = [100 * r["success_rate"] for _, r in points]
+    err = [
+        [rate - 100 * r["interval_95"][0] for rate, (_, r) in zip(rates, points)],
+        [100 * r["interval_95"][1] - rate for rate, (_, r) in zip(rates, points)],
+    ]
+    ax.errorbar([x for x, _ in points], rates, yerr=err, capsize=3, **style)
+
+
+def _level(ax, result: Optional[dict], **style) -> None:
+    """A result's success (%) as a horizontal line across the panel."""
+    if result:
+        ax.axhline(100 * result["success_rate"], **style)
 
 
 def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
@@ -360,54 +374,26 @@ def finetune_plot(run_dir: str, scale: dict, out_dir: str) -> str:
     base_on_base = _load_eval(run_dir, "base", "base")
     for i, task in enumerate(tasks):
         ax = axes[i // columns][i % columns]
-        if base_on_base:
-            # Where the base policy was before the challenge: the gap to the dashed
-            # line below is what the challenge cost it.
-            ax.axhline(
-                100 * base_on_base["success_rate"],
-                color="black",
-                linestyle=":",
-                label="base policy, on base",
-            )
-        points = [(n, _load_eval(run_dir, f"finetune-{task}-{n}", task)) for n in sizes]
-        points = [(n, r) for n, r in points if r]
-        if points:
-            ys = [100 * r["success_rate"] for _, r in points]
-            lows = [100 * (r["success_rate"] - r["interval_95"][0]) for _, r in points]
-            highs = [100 * (r["interval_95"][1] - r["success_rate"]) for _, r in points]
-            ax.errorbar(
-                [n for n, _ in points],
-                ys,
-                yerr=[lows, highs],
-                marker="o",
-                capsize=3,
-                label="fine-tuned",
-            )
+        # Where the base policy was before the challenge: the gap to the dashed
+        # line below is what the challenge cost it.
+        _level(ax, base_on_base, color="black", linestyle=":", label="base policy, on base")
+        _series(
+            ax,
+            [(n, _load_eval(run_dir, f"finetune-{task}-{n}", task)) for n in sizes],
+            marker="o",
+            label="fine-tuned",
+        )
         base = _load_eval(run_dir, "base", task)
+        _level(ax, base, color="gray", linestyle="--", label="base policy, on this task")
         if base:
-            ax.axhline(
-                100 * base["success_rate"],
-                color="gray",
-                linestyle="--",
-                label="base policy, on this task",
-            )
             ax.axhspan(
                 100 * base["interval_95"][0], 100 * base["interval_95"][1], color="gray", alpha=0.15
             )
         for method, marker in (("scratch", "s"), ("imagenet", "^")):
             result = _load_eval(run_dir, f"{method}-{task}-{max(sizes)}", task)
-            if result:
-                y, err = _errorbar(result)
-                # Nudged sideways so the markers do not hide each other.
-                ax.errorbar(
-                    [max(sizes) * (1.08 if method == "scratch" else 1.16)],
-                    [y],
-                    yerr=err,
-                    marker=marker,
-                    capsize=3,
-                    linestyle="none",
-                    label=method,
-                )
+            # Nudged sideways so the markers do not hide each other.
+            x = max(sizes) * (1.08 if method == "scratch" else 1.16)
+            _series(ax, [(x, result)], marker=marker, linestyle="none", label=method)
         if len(sizes) > 1:
             ax.set_xscale("log")
         ax.set_xticks(sizes)
@@ -446,19 +432,9 @@ def continual_plot(run_dir: str, scale: dict, out_dir: str) -> str:
     )
     for label, load, marker in series:
         points = [(x, load(k, t, n)) for x, (k, t, n) in zip(xs, links)]
-        points = [(x, r) for x, r in points if r]
-        if points:
-            ys = [100 * r["success_rate"] for _, r in points]
-            err = [
-                [100 * (r["success_rate"] - r["interval_95"][0]) for _, r in points],
-                [100 * (r["interval_95"][1] - r["success_rate"]) for _, r in points],
-            ]
-            ax.errorbar([x for x, _ in points], ys, yerr=err, marker=marker, capsize=3, label=label)
+        _series(ax, points, marker=marker, label=label)
     base = _load_eval(run_dir, "base", "base")
-    if base:
-        ax.axhline(
-            100 * base["success_rate"], color="gray", linestyle="--", label="base policy on base"
-        )
+    _level(ax, base, color="gray", linestyle="--", label="base policy on base")
     ax.set_xticks(xs)
     ax.set_xticklabels([f"{k}. {t}" for k, t, _ in links], rotation=15, fontsize=8)
     ax.set_ylim(0, 100)
