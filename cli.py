@@ -325,6 +325,30 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from neverstop.workflows import report
+
+    a, b = report.read_eval(args.a), report.read_eval(args.b)
+    for label, path, r in (("A", args.a, a), ("B", args.b, b)):
+        low, high = r["interval_95"]
+        print(
+            f"{label}: {r.get('policy', '?')} on {r.get('task', '?')}: {r['successes']}/"
+            f"{r['episodes']} = {r['success_rate']:.1%} [{low:.1%}, {high:.1%}]  ({path})"
+        )
+    diff = report.difference(a, b)
+    reason = report.unpaired_reason(a, b)
+    how = (
+        f"paired over the same {a['episodes']} episodes (seed {a['seed']})"
+        if reason is None
+        else f"as independent samples: {reason}"
+    )
+    print(
+        f"A - B: {diff.points:+.1f} points, 95% interval [{diff.low:+.1f}, {diff.high:+.1f}], "
+        f"{how}"
+    )
+    return 0
+
+
 def _cmd_export(args) -> int:
     from neverstop.trainers import export
 
@@ -961,6 +985,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the JSON result here")
     acting_flag(p)
     p.set_defaults(fn=_cmd_eval)
+
+    p = sub.add_parser(
+        "compare",
+        help="the difference of two evaluations' success rates, with a 95%% interval",
+        description="Reads two results of neverstop eval and prints A's success rate minus "
+        "B's in points with a 95% interval. Evaluations on the same seeds meet the same "
+        "scenes, so where both recorded their per-episode outcomes the interval is paired "
+        "(Newcombe's square-and-add for matched pairs), which is narrower when the two "
+        "agree on which scenes are easy; otherwise the two are treated as independent "
+        "samples, and the line says why.",
+        epilog="example: neverstop compare runs/eval/finetuned.json runs/eval/base.json",
+    )
+    p.add_argument("a", help="an evaluation's JSON (neverstop eval --out)")
+    p.add_argument("b", help="the evaluation to subtract")
+    p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser(
         "export",

@@ -3,7 +3,7 @@
 import dataclasses
 import math
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 from neverstop.envs import grasp_env as grasp_env_lib
 from neverstop.envs import policies
@@ -28,15 +28,54 @@ def difference_interval(
     """An interval for rate_a - rate_b: Newcombe's hybrid score interval (his
     method 10, 1998), built from the two Wilson intervals. It treats the two
     samples as independent; two evaluations on the same seeds are positively
-    correlated, so for them it is wider than it needs to be, not narrower."""
+    correlated, so for them it is wider than it needs to be, not narrower
+    (`paired_difference_interval` uses the pairing)."""
+    return _square_and_add(successes_a, trials_a, successes_b, trials_b, 0.0, z)
+
+
+def paired_difference_interval(
+    outcomes_a: Sequence[bool], outcomes_b: Sequence[bool], z: float = 1.96
+) -> Tuple[float, float]:
+    """An interval for rate_a - rate_b from two evaluations on the same seeds:
+    outcome i of each is episode i, so the two are matched pairs. Newcombe's
+    square-and-add for paired data (1998, Statistics in Medicine 17:2635): the
+    two Wilson intervals combined with the estimated correlation between the
+    outcomes (with his correction toward 0), so easy and hard scenes shared by
+    both evaluations no longer count as noise. With no correlation it is
+    `difference_interval`."""
+    if len(outcomes_a) != len(outcomes_b) or not outcomes_a:
+        raise ValueError(
+            "paired outcomes need the same positive number of episodes, "
+            f"got {len(outcomes_a)} and {len(outcomes_b)}"
+        )
+    pairs = list(zip(map(bool, outcomes_a), map(bool, outcomes_b)))
+    both = pairs.count((True, True))
+    only_a = pairs.count((True, False))
+    only_b = pairs.count((False, True))
+    n = len(pairs)
+    neither = n - both - only_a - only_b
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    cross = both * neither - only_a * only_b
+    if cross > n / 2:
+        cross -= n / 2
+    elif cross > 0:
+        cross = 0
+    phi = cross / math.sqrt(margins) if margins else 0.0
+    return _square_and_add(both + only_a, n, both + only_b, n, phi, z)
+
+
+def _square_and_add(
+    successes_a: int, trials_a: int, successes_b: int, trials_b: int, phi: float, z: float
+) -> Tuple[float, float]:
     low_a, high_a = wilson_interval(successes_a, trials_a, z)  # checks the counts
     low_b, high_b = wilson_interval(successes_b, trials_b, z)
     p_a, p_b = successes_a / trials_a, successes_b / trials_b
     delta = p_a - p_b
-    return (
-        delta - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
-        delta + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2),
-    )
+
+    def half(x: float, y: float) -> float:
+        return math.sqrt(max(0.0, x * x + y * y - 2 * phi * x * y))
+
+    return delta - half(p_a - low_a, high_b - p_b), delta + half(high_a - p_a, p_b - low_b)
 
 
 @dataclasses.dataclass(frozen=True)

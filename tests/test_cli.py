@@ -402,6 +402,59 @@ def test_eval_prints_the_rate_and_interval_and_writes_json(monkeypatch, capsys, 
     assert calls == [None, "actor"] and "(actor) on base" in capsys.readouterr().out
 
 
+def _eval_json(path, outcomes, seed=1_000_000, task="checkerboard", **extra):
+    from neverstop.envs import rollout
+
+    successes, episodes = outcomes.count("1"), len(outcomes)
+    result = {
+        "policy": f"qtopt:{path.stem}.ckpt-9",
+        "task": task,
+        "successes": successes,
+        "episodes": episodes,
+        "success_rate": successes / episodes,
+        "interval_95": list(rollout.wilson_interval(successes, episodes)),
+        "seed": seed,
+        "object_split": "eval",
+        "outcomes": outcomes,
+        **extra,
+    }
+    path.write_text(json.dumps(result))
+    return str(path)
+
+
+def test_compare_pairs_two_evaluations_on_the_same_seeds(capsys, tmp_path):
+    # 100 scenes both solve, 40 only the fine-tune, 60 neither: +20 points. By
+    # hand: Wilson 140/200 [0.6332, 0.7593], 100/200 [0.4314, 0.5686]; phi =
+    # (100 * 60 - 0 - 200 / 2) / sqrt(140 * 60 * 100 * 100) = 0.6437; low = 0.2 -
+    # sqrt(0.0668^2 + 0.0686^2 - 2 phi 0.0668 * 0.0686) = 0.1428, high = 0.2546.
+    tuned = _eval_json(tmp_path / "tuned.json", "1" * 100 + "1" * 40 + "0" * 60)
+    base = _eval_json(tmp_path / "base.json", "1" * 100 + "0" * 100)
+    assert cli.main(["compare", tuned, base]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("A: qtopt:tuned.ckpt-9 on checkerboard: 140/200 = 70.0% [")
+    assert out[1].startswith("B: qtopt:base.ckpt-9 on checkerboard: 100/200 = 50.0% [")
+    assert out[2] == (
+        "A - B: +20.0 points, 95% interval [+14.3, +25.5], "
+        "paired over the same 200 episodes (seed 1000000)"
+    )
+    # The same counts on other seeds: independent samples (phi 0), wider, and why.
+    other = _eval_json(tmp_path / "other.json", "1" * 100 + "0" * 100, seed=2_000_000)
+    assert cli.main(["compare", tuned, other]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (
+        "A - B: +20.0 points, 95% interval [+10.4, +29.1], "
+        "as independent samples: different seed (1000000 and 2000000)"
+    )
+
+
+def test_compare_names_a_result_whose_outcomes_disagree(capsys, tmp_path):
+    good = _eval_json(tmp_path / "good.json", "10" * 50)
+    bad = _eval_json(tmp_path / "bad.json", "10" * 50, successes=49)
+    assert cli.main(["compare", good, bad]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: expected 'outcomes' to be one '0' or '1' per episode (100) with 49 '1's" in err
+
+
 def test_train_with_actor_trains_and_acts_with_one():
     parser = cli.build_parser()
     base = ["train", "--mixture", "base:train:1", "--data-dir", "d", "--run-dir", "r"]

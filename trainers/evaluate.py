@@ -4,9 +4,18 @@ Episodes are split over worker processes (spawned, one TF thread each, the
 network loaded once per process). Episode i uses the seed
 `collect.episode_seed(seed, i)`, so the result is the same whatever the
 number of workers. The result is JSON: success rate and its Wilson 95%
-interval, with what was evaluated. `workers=0` runs the episodes in the
-calling process instead (a workflow step already is a worker process;
-starting TensorFlow again would cost more than a small evaluation).
+interval, with what was evaluated, and `outcomes`, one character per episode
+in seed order ("1" a success, "0" not), so that two evaluations on the same
+seeds can be compared pair by pair (`rollout.paired_difference_interval`).
+
+`workers=0` runs the episodes in the calling process instead (a workflow step
+already is a worker process; starting TensorFlow again would cost more than a
+small evaluation). That process keeps its own TensorFlow threading, and a
+convolution summed by two threads can differ in the last bits from one
+summed by one; where CEM's choice is near a tie, that picks another grasp.
+So `workers=0` repeats itself, and `workers>=1` repeats itself, but the two
+can differ by a few episodes (8 of 200 on the `small` base checkpoint:
+122 against 118 successes; docs/trainer.md).
 """
 
 import multiprocessing
@@ -39,14 +48,16 @@ def _load(checkpoint: str, task: str, object_split: str, renderer: str, acting: 
     _WORKER["env"] = grasp_env.GraspEnv(task, config)
 
 
-def _run(seed: int) -> Tuple[int, bool, int]:
+def _run(job: Tuple[int, int]) -> Tuple[int, bool, int]:
+    """(episode index, seed) -> (episode index, success, steps)."""
     from neverstop.envs import policies
 
     if "error" in _WORKER:
         raise RuntimeError(f"an evaluation worker could not start: {_WORKER['error']}")
 
+    index, seed = job
     _, actions, _, info = policies.run_episode(_WORKER["env"], _WORKER["policy"], seed)
-    return seed, bool(info["success"]), len(actions)
+    return index, bool(info["success"]), len(actions)
 
 
 def evaluate(
@@ -75,14 +86,14 @@ def evaluate(
     config = checkpoints.read_config(ref.run_dir)  # fail here, not in every worker
     acting = acting or config.acting
     check_acting(config, acting, checkpoint)
-    seeds = [collect.episode_seed(seed, i) for i in range(episodes)]
+    jobs = [(i, collect.episode_seed(seed, i)) for i in range(episodes)]
     start = time.perf_counter()
     results: List[Tuple[int, bool, int]] = []
     initargs = (ref.prefix, task, object_split, renderer, acting)
     if workers == 0:
         _load(*initargs)
         try:
-            for result in map(_run, seeds):
+            for result in map(_run, jobs):
                 results.append(result)
                 if progress:
                     progress(result[1])
@@ -94,12 +105,13 @@ def evaluate(
         with context.Pool(
             min(workers, episodes), initializer=_init_worker, initargs=initargs
         ) as pool:
-            for result in pool.imap_unordered(_run, seeds):
+            for result in pool.imap_unordered(_run, jobs):
                 results.append(result)
                 if progress:
                     progress(result[1])
     seconds = time.perf_counter() - start
-    successes = sum(ok for _, ok, _ in results)
+    succeeded = {i: ok for i, ok, _ in results}
+    successes = sum(succeeded.values())
     low, high = rollout.wilson_interval(successes, episodes)
     return {
         "task": task,
@@ -112,6 +124,7 @@ def evaluate(
         "successes": successes,
         "success_rate": successes / episodes,
         "interval_95": [low, high],
+        "outcomes": "".join("1" if succeeded[i] else "0" for i in range(episodes)),
         "steps": sum(n for _, _, n in results),
         "seed": seed,
         "workers": workers,

@@ -14,13 +14,15 @@ data dir's dataset cards), so it can be rebuilt at any time:
     report/README.md             all of the above with the dataset versions, every
                                  checkpoint's data and config, and the scale
 
-Every success rate comes with its Wilson 95% interval and episode count.
+Every success rate comes with its Wilson 95% interval and episode count; every
+difference of two rates with a 95% interval, paired by episode where both
+evaluations recorded their outcomes on the same seeds.
 """
 
 import csv
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from neverstop import jsonfile
 from neverstop.envs import rollout
@@ -36,14 +38,30 @@ def _load_eval(run_dir: str, name: str, task: str) -> Optional[dict]:
     """One evaluation's result, None if it has not run; a damaged file is an
     error that names it (the report is derived, so it is rebuilt once fixed)."""
     path = os.path.join(run_dir, "eval", name, f"{task}.json")
-    if not os.path.exists(path):
-        return None
+    return read_eval(path) if os.path.exists(path) else None
+
+
+def read_eval(path: str) -> dict:
+    """An evaluation's result (neverstop eval's JSON), checked: a file that does
+    not parse, lacks a key or whose outcomes disagree with its counts is an
+    error that names it."""
     result = jsonfile.read(path)
     missing = [k for k in EVAL_KEYS if not isinstance(result, dict) or k not in result]
     if missing:
         raise ValueError(
             f"{path}: expected an evaluation result (neverstop eval's JSON) with "
             f"{', '.join(EVAL_KEYS)}; missing {', '.join(missing)}"
+        )
+    outcomes = result.get("outcomes")  # absent in results written before it was recorded
+    if outcomes is not None and not (
+        isinstance(outcomes, str)
+        and len(outcomes) == result["episodes"]
+        and set(outcomes) <= {"0", "1"}
+        and outcomes.count("1") == result["successes"]
+    ):
+        raise ValueError(
+            f"{path}: expected 'outcomes' to be one '0' or '1' per episode "
+            f"({result['episodes']}) with {result['successes']} '1's, got {outcomes!r:.80}"
         )
     return result
 
@@ -100,14 +118,44 @@ def robustness_table(run_dir: str, scale: dict, out_dir: str) -> str:
     return _write_table(out_dir, "robustness", rows, lines)
 
 
-def _difference(a: Optional[dict], b: Optional[dict]) -> Optional[Tuple[float, float, float]]:
-    """(a - b, low, high) in points, with Newcombe's 95% interval; None if one is missing."""
+class Difference(NamedTuple):
+    """a - b in points with its 95% interval; `paired` if the interval used the
+    per-episode pairing of two evaluations on the same seeds."""
+
+    points: float
+    low: float
+    high: float
+    paired: bool
+
+
+def unpaired_reason(a: dict, b: dict) -> Optional[str]:
+    """Why two evaluations cannot be compared episode by episode; None if they
+    can (both recorded their outcomes, on the same seeds and objects)."""
+    for key in ("episodes", "seed", "object_split"):
+        if a.get(key) is None or a.get(key) != b.get(key):
+            return f"different {key} ({a.get(key)} and {b.get(key)})"
+    if not (a.get("outcomes") and b.get("outcomes")):
+        return "per-episode outcomes not recorded in both"
+    return None
+
+
+def difference(a: Optional[dict], b: Optional[dict]) -> Optional[Difference]:
+    """a - b in points with a 95% interval, None if one is missing. Paired
+    (episode i of each is the same scene) where both recorded their outcomes on
+    the same seeds, else Newcombe's interval for independent samples."""
     if not (a and b):
         return None
-    low, high = rollout.difference_interval(
-        a["successes"], a["episodes"], b["successes"], b["episodes"]
-    )
-    return 100 * (a["success_rate"] - b["success_rate"]), 100 * low, 100 * high
+    paired = unpaired_reason(a, b) is None
+    if paired:
+        low, high = rollout.paired_difference_interval(
+            [c == "1" for c in a["outcomes"]], [c == "1" for c in b["outcomes"]]
+        )
+    else:
+        low, high = rollout.difference_interval(
+            a["successes"], a["episodes"], b["successes"], b["episodes"]
+        )
+    points = 100 * (a["success_rate"] - b["success_rate"])
+    return Difference(points, 100 * low, 100 * high, paired)
 
 
 def _diff_text(diff, threshold: Optional[float] = None) -> str:
@@ -117,10 +165,12 @@ def _diff_text(diff, threshold: Optional[float] = None) -> str:
     return f"**{text}**" if threshold is not None and diff[0] >= threshold else text
 
 
-def _diff_cells(key: str, diff) -> Dict[str, object]:
-    """CSV columns <key>_points, <key>_ci_low, <key>_ci_high (blank if missing)."""
-    values = [round(v, 1) for v in diff] if diff else ["", "", ""]
-    return dict(zip((f"{key}_points", f"{key}_ci_low", f"{key}_ci_high"), values))
+def _diff_cells(key: str, diff: Optional[Difference]) -> Dict[str, object]:
+    """CSV columns <key>_points, <key>_ci_low, <key>_ci_high, <key>_paired (1 if
+    the interval is paired, 0 if not; all blank if missing)."""
+    values = [round(v, 1) for v in diff[:3]] + [int(diff.paired)] if diff else [""] * 4
+    names = ("points", "ci_low", "ci_high", "paired")
+    return {f"{key}_{name}": value for name, value in zip(names, values)}
 
 
 def finetune_table(run_dir: str, scale: dict, out_dir: str) -> str:
@@ -130,7 +180,7 @@ def finetune_table(run_dir: str, scale: dict, out_dir: str) -> str:
         base = _load_eval(run_dir, "base", task)
         for size in scale["sizes"]:
             result = _load_eval(run_dir, f"finetune-{task}-{size}", task)
-            change = _difference(result, base)
+            change = difference(result, base)
             rows.append(
                 {
                     "task": task,
@@ -190,7 +240,7 @@ def continual_table(run_dir: str, scale: dict, out_dir: str) -> str:
         chain = _load_eval(run_dir, name, task)
         single = _load_eval(run_dir, f"finetune-{task}-{size}", task)
         on_base = _load_eval(run_dir, name, "base")
-        forgetting = _difference(base_before, on_base)
+        forgetting = difference(base_before, on_base)
         rows.append(
             {
                 "link": k,
@@ -236,15 +286,15 @@ def _findings(run_dir: str, scale: dict) -> List[dict]:
             {
                 "task": task,
                 "best_size": best,
-                "cost": _difference(base_on_base, base),
-                "lift": _difference(tuned[best], base) if best else None,
-                "vs_scratch": _difference(
+                "cost": difference(base_on_base, base),
+                "lift": difference(tuned[best], base) if best else None,
+                "vs_scratch": difference(
                     largest_run, _load_eval(run_dir, f"scratch-{task}-{largest}", task)
                 ),
-                "vs_imagenet": _difference(
+                "vs_imagenet": difference(
                     largest_run, _load_eval(run_dir, f"imagenet-{task}-{largest}", task)
                 ),
-                "chain_vs_single": _difference(_load_eval(run_dir, link, task), largest_run),
+                "chain_vs_single": difference(_load_eval(run_dir, link, task), largest_run),
             }
         )
     return out
@@ -300,11 +350,21 @@ def findings_table(run_dir: str, scale: dict, out_dir: str) -> str:
         return f"- {what}: **{n} of {total}**{names}; with the interval above 0: {sure} of {total}."
 
     held, _ = _count(findings, "chain_vs_single", lambda d: d[2] >= 0)
+    diffs = [f[key] for f in findings for key in FINDINGS if f[key] is not None]
+    paired = sum(d.paired for d in diffs)
     lines += [
         "",
-        "Points with Newcombe's 95% interval for a difference of two rates; bold where "
-        f"a challenge costs >= {DROP_POINTS:g} points or fine-tuning lifts >= "
-        f"{LIFT_POINTS:g}.",
+        "Points with a 95% interval for the difference of two rates (Newcombe's "
+        "square-and-add); bold where a challenge costs >= "
+        f"{DROP_POINTS:g} points or fine-tuning lifts >= {LIFT_POINTS:g}. "
+        f"{paired} of {len(diffs)} intervals are paired: both evaluations recorded "
+        "each episode's outcome on the same seeds, so a scene that is easy or hard for "
+        "both is not counted as noise."
+        + (
+            " The others treat the two as independent samples (results without outcomes)."
+            if paired < len(diffs)
+            else ""
+        ),
         "",
         summary(
             f"Challenges that cost the base policy >= {DROP_POINTS:g} points", "cost", DROP_POINTS
@@ -576,7 +636,9 @@ def write_report(run_dir: str, scale: dict) -> dict:
         f"# neverstop experiment report: scale `{scale['name']}`",
         "",
         "Success rates are grasp successes over evaluation episodes on held-out objects, "
-        "with Wilson 95% intervals; every checkpoint meets the same evaluation seeds. "
+        "with Wilson 95% intervals; every checkpoint meets the same evaluation seeds, so "
+        "a difference of two rates is compared scene by scene where both evaluations "
+        "recorded their outcomes (paired intervals; the CSVs' `_paired` columns). "
         "A target grasp is one target-task episode. The tables are also CSV files here.",
         "",
     ]

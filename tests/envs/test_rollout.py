@@ -1,5 +1,6 @@
 """Tests for neverstop/envs/rollout.py: the Wilson interval and seeded rollouts."""
 
+import numpy as np
 import pytest
 
 from neverstop.envs import rollout
@@ -72,6 +73,72 @@ def test_difference_interval_is_antisymmetric_and_checks_counts():
     assert low < 30 / 100 - 45 / 90 < high < 0
     with pytest.raises(ValueError, match="trials must be positive, got 0"):
         rollout.difference_interval(0, 0, 1, 2)
+
+
+def _pairs(both, only_a, only_b, neither):
+    """Outcomes of two evaluations on the same seeds with these four counts."""
+    a = [1] * both + [1] * only_a + [0] * only_b + [0] * neither
+    b = [1] * both + [0] * only_a + [1] * only_b + [0] * neither
+    return a, b
+
+
+def test_paired_difference_interval_matches_a_published_value():
+    # Fagerland, Lydersen and Laake, Statistical Analysis of Contingency Tables
+    # (2017), chapter 8: complete response before and after consolidation
+    # therapy (Cavo et al., 2012), Newcombe's square-and-add: -0.0621 (-0.1186 to
+    # -0.0046). As independent samples the same margins give an interval that
+    # reaches +0.05.
+    low, high = rollout.paired_difference_interval(*_pairs(59, 6, 16, 80))
+    assert (low, high) == pytest.approx((-0.1186, -0.0046), abs=1e-4)
+    unpaired = rollout.difference_interval(65, 161, 75, 161)
+    assert unpaired[0] < low and unpaired[1] > 0.04
+
+
+def test_paired_difference_interval_without_correlation_is_the_unpaired_one():
+    # both * neither - only_a * only_b = 25 * 25 - 25 * 25 = 0: no correlation.
+    paired = rollout.paired_difference_interval(*_pairs(25, 25, 25, 25))
+    assert paired == pytest.approx(rollout.difference_interval(50, 100, 50, 100))
+    # Newcombe's correction: a correlation of up to n/2 in the cross product counts as none.
+    # Here 25 * 26 - 24 * 25 = 50 = n / 2.
+    slight = rollout.paired_difference_interval(*_pairs(25, 24, 25, 26))
+    assert slight == pytest.approx(rollout.difference_interval(49, 100, 50, 100))
+    stronger = rollout.paired_difference_interval(*_pairs(26, 23, 24, 27))  # 702 - 552 = 150
+    assert stronger[1] - stronger[0] < slight[1] - slight[0]
+    # Negatively correlated outcomes make it wider than the unpaired one.
+    low, high = rollout.paired_difference_interval(*_pairs(10, 40, 40, 10))
+    unpaired_low, unpaired_high = rollout.difference_interval(50, 100, 50, 100)
+    assert low < unpaired_low and high > unpaired_high
+
+
+def test_paired_difference_interval_is_antisymmetric_and_checks_lengths():
+    a, b = _pairs(40, 15, 5, 40)
+    low, high = rollout.paired_difference_interval(a, b)
+    swapped = rollout.paired_difference_interval(b, a)
+    assert (low, high) == pytest.approx((-swapped[1], -swapped[0]))
+    assert 0 < low < 0.10 < high
+    with pytest.raises(ValueError, match="same positive number of episodes, got 3 and 2"):
+        rollout.paired_difference_interval([1, 0, 1], [1, 0])
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        rollout.paired_difference_interval([], [])
+
+
+def test_paired_difference_interval_covers_and_is_narrower_on_correlated_pairs():
+    """Simulated evaluations on shared scenes: each scene is easy (both policies
+    likely succeed) or hard; the two policies' true rates differ by 5 points."""
+    rng = np.random.default_rng(0)
+    n, trials, covered, widths, unpaired_widths = 200, 400, 0, [], []
+    truth = (0.5 * 0.85 + 0.5 * 0.15) - (0.5 * 0.80 + 0.5 * 0.10)  # 0.50 - 0.45
+    for _ in range(trials):
+        easy = rng.random(n) < 0.5
+        a = rng.random(n) < np.where(easy, 0.85, 0.15)
+        b = rng.random(n) < np.where(easy, 0.80, 0.10)
+        low, high = rollout.paired_difference_interval(a.tolist(), b.tolist())
+        covered += low <= truth <= high
+        widths.append(high - low)
+        u_low, u_high = rollout.difference_interval(int(a.sum()), n, int(b.sum()), n)
+        unpaired_widths.append(u_high - u_low)
+    assert covered / trials >= 0.92
+    assert np.mean(widths) < 0.8 * np.mean(unpaired_widths)
 
 
 def test_rollout_counts_are_consistent():

@@ -17,21 +17,23 @@ SCALE = dict(paper.SCALES["small"].as_dict(), sizes=[100, 400, 800])
 EPISODES = 200
 
 
-def _write_eval(run_dir, name, task, successes, episodes=EPISODES):
+def _write_eval(run_dir, name, task, successes, episodes=EPISODES, outcomes=None):
+    """An evaluation's JSON; with `outcomes` (one "0"/"1" per episode), as
+    neverstop eval writes it now, on the workflow's seeds."""
     path = paper.eval_path(run_dir, name, task)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     low, high = rollout.wilson_interval(successes, episodes)
+    result = {
+        "task": task,
+        "successes": successes,
+        "episodes": episodes,
+        "success_rate": successes / episodes,
+        "interval_95": [low, high],
+    }
+    if outcomes is not None:
+        result.update(outcomes=outcomes, seed=paper.EVAL_SEED, object_split="eval")
     with open(path, "w") as f:
-        json.dump(
-            {
-                "task": task,
-                "successes": successes,
-                "episodes": episodes,
-                "success_rate": successes / episodes,
-                "interval_95": [low, high],
-            },
-            f,
-        )
+        json.dump(result, f)
 
 
 # Per challenge (successes of 200): the base policy on the task, fine-tuned at
@@ -153,6 +155,58 @@ def test_a_damaged_result_is_named_and_left_alone(tmp_path, text, message):
     with pytest.raises(ValueError, match=f"^{re.escape(path)}: .*{re.escape(message)}"):
         report.findings_table(run_dir, SCALE, out_dir)
     assert open(path).read() == text
+
+
+def test_evaluations_with_outcomes_on_the_same_seeds_get_a_paired_interval(tmp_path):
+    """The base policy and a fine-tune agree on most scenes (100 both succeed, 60
+    both fail): the paired interval is narrower than the unpaired one and is the
+    one reported; an evaluation without outcomes falls back to the unpaired."""
+    run_dir = str(tmp_path)
+    base = "1" * 100 + "0" * 100  # 100 of 200
+    tuned = "1" * 100 + "0" * 20 + "1" * 40 + "0" * 40  # 140: 40 more scenes, none lost
+    _write_eval(run_dir, "base", "base", 124)  # no outcomes: an older result
+    _write_eval(run_dir, "base", "checkerboard", 100, outcomes=base)
+    _write_eval(run_dir, "finetune-checkerboard-800", "checkerboard", 140, outcomes=tuned)
+    _write_eval(run_dir, "scratch-checkerboard-800", "checkerboard", 100)
+    out_dir = os.path.join(run_dir, "report")
+    os.makedirs(out_dir)
+    text = report.findings_table(run_dir, SCALE, out_dir)
+    with open(os.path.join(out_dir, "findings.csv")) as f:
+        cb = next(csv.DictReader(f))
+    paired = rollout.paired_difference_interval([c == "1" for c in tuned], [c == "1" for c in base])
+    unpaired = rollout.difference_interval(140, 200, 100, 200)
+    assert float(cb["lift_points"]) == pytest.approx(20.0)
+    assert float(cb["lift_ci_low"]) == pytest.approx(100 * paired[0], abs=0.06)
+    assert float(cb["lift_ci_high"]) == pytest.approx(100 * paired[1], abs=0.06)
+    assert paired[1] - paired[0] < 0.8 * (unpaired[1] - unpaired[0])
+    assert cb["lift_paired"] == "1"
+    # Against results without outcomes: the unpaired interval, marked so.
+    assert cb["vs_scratch_paired"] == "0" and cb["cost_paired"] == "0"
+    assert float(cb["vs_scratch_ci_low"]) == pytest.approx(100 * unpaired[0], abs=0.06)
+    assert "1 of 3 intervals are paired" in text
+
+
+@pytest.mark.parametrize(
+    "outcomes, found",
+    [
+        ("1" * 80 + "0" * 119, "'" + "1" * 78),  # one episode short
+        ("1" * 81 + "0" * 119, "'" + "1" * 78),  # 81 successes where 80 are counted
+        ("1" * 80 + "x" * 120, "'" + "1" * 78),
+        ([1] * 80 + [0] * 120, "[1, 1"),
+    ],
+)
+def test_outcomes_that_disagree_with_the_counts_are_named(tmp_path, outcomes, found):
+    run_dir = str(tmp_path)
+    _write_eval(run_dir, "base", "base", BASE_ON_BASE)
+    _write_eval(run_dir, "base", "checkerboard", 80, outcomes=outcomes)
+    path = paper.eval_path(run_dir, "base", "checkerboard")
+    before = open(path).read()
+    out_dir = os.path.join(run_dir, "report")
+    os.makedirs(out_dir)
+    message = "expected 'outcomes' to be one '0' or '1' per episode (200) with 80 '1's, got "
+    with pytest.raises(ValueError, match=f"^{re.escape(path)}: {re.escape(message + found)}"):
+        report.findings_table(run_dir, SCALE, out_dir)
+    assert open(path).read() == before
 
 
 def test_training_runs_name_a_damaged_lineage(tmp_path):

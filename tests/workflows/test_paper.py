@@ -240,7 +240,15 @@ def test_in_process_evaluation_matches_neverstop_eval(smoke):
     prefix = dag.read_marker(smoke["run_dir"], "train-base")["outputs"]["checkpoint"]
     ours = evaluate.evaluate(prefix, "checkerboard", 3, workers=0, seed=paper.EVAL_SEED)
     theirs = evaluate.evaluate(prefix, "checkerboard", 3, workers=1, seed=paper.EVAL_SEED)
-    for key in ("successes", "steps", "episodes", "interval_95", "checkpoint", "policy"):
+    for key in (
+        "successes",
+        "outcomes",
+        "steps",
+        "episodes",
+        "interval_95",
+        "checkpoint",
+        "policy",
+    ):
         assert ours[key] == theirs[key], key
 
 
@@ -271,6 +279,7 @@ def test_finetune_table_has_every_task_and_size_with_the_base_policy(smoke):
         "change_points",
         "change_ci_low",
         "change_ci_high",
+        "change_paired",
     ]
     assert [(r["task"], int(r["target_grasps"])) for r in rows] == [
         (t, n) for t in schema.CHALLENGE_TASKS for n in SMOKE.sizes
@@ -309,7 +318,12 @@ def test_continual_table_has_a_row_per_link_with_forgetting(smoke):
     for prefix in ("continual_", "single_step_", "base_after_link_"):
         for key in ("success", "ci_low", "ci_high", "episodes"):
             assert f"{prefix}{key}" in rows[0]
-    assert list(rows[0])[-3:] == ["forgetting_points", "forgetting_ci_low", "forgetting_ci_high"]
+    assert list(rows[0])[-4:] == [
+        "forgetting_points",
+        "forgetting_ci_low",
+        "forgetting_ci_high",
+        "forgetting_paired",
+    ]
     assert [(int(r["link"]), r["task"]) for r in rows] == list(
         enumerate(schema.CHALLENGE_TASKS, start=1)
     )
@@ -340,6 +354,8 @@ def test_findings_table_agrees_with_the_other_tables(smoke):
         for key in report.FINDINGS:
             low, high = float(row[f"{key}_ci_low"]), float(row[f"{key}_ci_high"])
             assert -100 <= low <= float(row[f"{key}_points"]) <= high <= 100
+            # Every evaluation of the run recorded its outcomes on the same seeds.
+            assert row[f"{key}_paired"] == "1", (task, key)
 
 
 def test_report_only_rebuilds_the_report_from_what_finished_and_runs_nothing(
