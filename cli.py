@@ -336,11 +336,10 @@ def _cmd_compare(args) -> int:
             f"{r['episodes']} = {r['success_rate']:.1%} [{low:.1%}, {high:.1%}]  ({path})"
         )
     diff = report.difference(a, b)
-    reason = report.unpaired_reason(a, b)
     how = (
         f"paired over the same {a['episodes']} episodes (seed {a['seed']})"
-        if reason is None
-        else f"as independent samples: {reason}"
+        if diff.paired
+        else f"as independent samples: {diff.unpaired}"
     )
     print(
         f"A - B: {diff.points:+.1f} points, 95% interval [{diff.low:+.1f}, {diff.high:+.1f}], "

@@ -16,6 +16,7 @@ from neverstop import cli
 from neverstop import rawlog
 from neverstop import schema
 from neverstop.envs import grasp_env
+from tests.workflows import eval_results
 
 # The console script installed next to this interpreter, so the test runs the
 # entry point users run rather than `python -m`.
@@ -403,23 +404,13 @@ def test_eval_prints_the_rate_and_interval_and_writes_json(monkeypatch, capsys, 
 
 
 def _eval_json(path, outcomes, seed=1_000_000, task="checkerboard", **extra):
-    from neverstop.envs import rollout
-
-    successes, episodes = outcomes.count("1"), len(outcomes)
-    result = {
-        "policy": f"qtopt:{path.stem}.ckpt-9",
-        "task": task,
-        "successes": successes,
-        "episodes": episodes,
-        "success_rate": successes / episodes,
-        "interval_95": list(rollout.wilson_interval(successes, episodes)),
-        "seed": seed,
-        "object_split": "eval",
-        "outcomes": outcomes,
-        **extra,
-    }
-    path.write_text(json.dumps(result))
-    return str(path)
+    """neverstop eval's JSON for these per-episode outcomes (counts from them
+    unless `extra` says otherwise)."""
+    successes = extra.pop("successes", outcomes.count("1"))
+    result = eval_results.eval_result(
+        task, successes, len(outcomes), outcomes, seed, policy=f"qtopt:{path.stem}.ckpt-9", **extra
+    )
+    return eval_results.write(path, result)
 
 
 def test_compare_pairs_two_evaluations_on_the_same_seeds(capsys, tmp_path):

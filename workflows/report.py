@@ -119,13 +119,17 @@ def robustness_table(run_dir: str, scale: dict, out_dir: str) -> str:
 
 
 class Difference(NamedTuple):
-    """a - b in points with its 95% interval; `paired` if the interval used the
-    per-episode pairing of two evaluations on the same seeds."""
+    """a - b in points with its 95% interval; `unpaired` is why the interval could
+    not use the per-episode pairing of the two evaluations (None if it did)."""
 
     points: float
     low: float
     high: float
-    paired: bool
+    unpaired: Optional[str]
+
+    @property
+    def paired(self) -> bool:
+        return self.unpaired is None
 
 
 def unpaired_reason(a: dict, b: dict) -> Optional[str]:
@@ -145,8 +149,8 @@ def difference(a: Optional[dict], b: Optional[dict]) -> Optional[Difference]:
     the same seeds, else Newcombe's interval for independent samples."""
     if not (a and b):
         return None
-    paired = unpaired_reason(a, b) is None
-    if paired:
+    reason = unpaired_reason(a, b)
+    if reason is None:
         low, high = rollout.paired_difference_interval(
             [c == "1" for c in a["outcomes"]], [c == "1" for c in b["outcomes"]]
         )
@@ -155,20 +159,24 @@ def difference(a: Optional[dict], b: Optional[dict]) -> Optional[Difference]:
             a["successes"], a["episodes"], b["successes"], b["episodes"]
         )
     points = 100 * (a["success_rate"] - b["success_rate"])
-    return Difference(points, 100 * low, 100 * high, paired)
+    return Difference(points, 100 * low, 100 * high, reason)
 
 
-def _diff_text(diff, threshold: Optional[float] = None) -> str:
+def _diff_text(diff: Optional[Difference], threshold: Optional[float] = None) -> str:
     if diff is None:
         return "n/a"
-    text = f"{diff[0]:+.1f} [{diff[1]:+.1f}, {diff[2]:+.1f}]"
-    return f"**{text}**" if threshold is not None and diff[0] >= threshold else text
+    text = f"{diff.points:+.1f} [{diff.low:+.1f}, {diff.high:+.1f}]"
+    return f"**{text}**" if threshold is not None and diff.points >= threshold else text
 
 
 def _diff_cells(key: str, diff: Optional[Difference]) -> Dict[str, object]:
     """CSV columns <key>_points, <key>_ci_low, <key>_ci_high, <key>_paired (1 if
     the interval is paired, 0 if not; all blank if missing)."""
-    values = [round(v, 1) for v in diff[:3]] + [int(diff.paired)] if diff else [""] * 4
+    values = (
+        [round(v, 1) for v in (diff.points, diff.low, diff.high)] + [int(diff.paired)]
+        if diff
+        else [""] * 4
+    )
     names = ("points", "ci_low", "ci_high", "paired")
     return {f"{key}_{name}": value for name, value in zip(names, values)}
 
@@ -269,7 +277,7 @@ FINDINGS = ("cost", "lift", "vs_scratch", "vs_imagenet", "chain_vs_single")
 
 
 def _findings(run_dir: str, scale: dict) -> List[dict]:
-    """Per challenge: each finding's (points, low, high) or None, and the fine-tune
+    """Per challenge: each finding's Difference or None, and the fine-tune
     size the lift was read at (the best size up to the largest, as the study reads
     "with at most N grasps"; picking the best of several sizes favours the lift a
     little, which its interval does not account for)."""
@@ -344,12 +352,14 @@ def findings_table(run_dir: str, scale: dict, out_dir: str) -> str:
 
     def summary(what: str, key: str, threshold: float) -> str:
         """How many show the finding: the point at least `threshold` (above 0 if 0)."""
-        n, tasks = _count(findings, key, lambda d: d[0] >= threshold if threshold else d[0] > 0)
-        sure, _ = _count(findings, key, lambda d: d[1] > 0)
+        n, tasks = _count(
+            findings, key, lambda d: d.points >= threshold if threshold else d.points > 0
+        )
+        sure, _ = _count(findings, key, lambda d: d.low > 0)
         names = f" ({', '.join(tasks)})" if tasks else ""
         return f"- {what}: **{n} of {total}**{names}; with the interval above 0: {sure} of {total}."
 
-    held, _ = _count(findings, "chain_vs_single", lambda d: d[2] >= 0)
+    held, _ = _count(findings, "chain_vs_single", lambda d: d.high >= 0)
     diffs = [f[key] for f in findings for key in FINDINGS if f[key] is not None]
     paired = sum(d.paired for d in diffs)
     lines += [

@@ -3,7 +3,6 @@ Newcombe intervals) and the report's reading of damaged results and run files,
 on run directories of hand-written files."""
 
 import csv
-import json
 import os
 import re
 
@@ -12,28 +11,18 @@ import pytest
 from neverstop import schema
 from neverstop.envs import rollout
 from neverstop.workflows import paper, report
+from tests.workflows import eval_results
 
 SCALE = dict(paper.SCALES["small"].as_dict(), sizes=[100, 400, 800])
 EPISODES = 200
 
 
 def _write_eval(run_dir, name, task, successes, episodes=EPISODES, outcomes=None):
-    """An evaluation's JSON; with `outcomes` (one "0"/"1" per episode), as
-    neverstop eval writes it now, on the workflow's seeds."""
     path = paper.eval_path(run_dir, name, task)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    low, high = rollout.wilson_interval(successes, episodes)
-    result = {
-        "task": task,
-        "successes": successes,
-        "episodes": episodes,
-        "success_rate": successes / episodes,
-        "interval_95": [low, high],
-    }
-    if outcomes is not None:
-        result.update(outcomes=outcomes, seed=paper.EVAL_SEED, object_split="eval")
-    with open(path, "w") as f:
-        json.dump(result, f)
+    eval_results.write(
+        path, eval_results.eval_result(task, successes, episodes, outcomes, paper.EVAL_SEED)
+    )
 
 
 # Per challenge (successes of 200): the base policy on the task, fine-tuned at
