@@ -380,9 +380,21 @@ def _beam_args(args) -> List[str]:
 def _cmd_collect(args) -> int:
     from neverstop.envs import collect
 
+    factory = collect.named_policy
+    policy = args.policy or "scripted"
+    if args.checkpoint:
+        if args.policy:
+            raise ValueError("give --policy or --checkpoint, not both")
+        from neverstop.trainers import policy as policy_lib
+
+        # One TensorFlow thread per worker: the same files whatever --workers.
+        factory = policy_lib.CheckpointPolicyFactory(
+            args.checkpoint, args.epsilon, args.explore, threads=1
+        )
+        policy = factory.label
     config = collect.CollectConfig(
         task=args.task,
-        policy=args.policy,
+        policy=policy,
         episodes=args.episodes,
         seed=args.seed,
         out=args.out,
@@ -394,14 +406,18 @@ def _cmd_collect(args) -> int:
         image_encoding=args.image_encoding,
         format=args.format,
     )
-    collect.validate_config(config)  # fail fast, before the bar and the workers
+    # Fail fast, before the bar and the workers.
+    collect.validate_config(config, named_policy=factory is collect.named_policy)
     beam_args = _beam_args(args)
     log_path = None if args.verbose else os.path.join(args.out, "_logs", "collect.log")
     with _worker_output_to(log_path) as terminal:
-        desc = f"collect {args.task}/{args.policy}"
+        desc = f"collect {args.task}/{policy}"
         with _success_bar(args.episodes, desc, terminal) as tick:
             summary = collect.collect(
-                config, beam_args, progress=lambda n, success: tick(success, n)
+                config,
+                beam_args,
+                policy_factory=factory,
+                progress=lambda n, success: tick(success, n),
             )
     print(
         f"{summary.out}: {summary.written} episodes written, {summary.already_present} already "
@@ -777,11 +793,25 @@ def build_parser() -> argparse.ArgumentParser:
         "collects what is missing. Locally it runs on Beam's FnApiRunner with --workers "
         "processes; --runner and any further Beam pipeline options (e.g. --project, "
         "--region, --temp_location for Dataflow) pass through unchanged.",
-        epilog="example: neverstop collect --task base --policy scripted --episodes 1000 "
-        "--seed 0 --out data/raw/base --workers 2",
+        epilog="examples: neverstop collect --task base --policy scripted --episodes 1000 "
+        "--seed 0 --out data/raw/base --workers 2; target grasps by a trained policy with "
+        "exploration noise, as the study collected them: neverstop collect --task "
+        "checkerboard --checkpoint runs/base --epsilon 0.2 --explore moves --episodes 800 "
+        "--seed 7000 --out data/raw/checkerboard",
     )
     env_flags(p, split_default="train")
-    p.add_argument("--policy", default="scripted", choices=POLICY_NAMES)
+    p.add_argument(
+        "--policy",
+        choices=POLICY_NAMES,
+        help="a scripted or random policy by name (default: scripted)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="instead of --policy: a trained run dir (its newest checkpoint) or checkpoint "
+        "prefix, acting as its run acts (its config's `acting`); episodes record it as "
+        "qtopt:<run>.ckpt-<step>. Each worker loads it once and runs TensorFlow on one "
+        "thread, so the files are the same whatever --workers",
+    )
     p.add_argument("--episodes", type=int, required=True, help="how many episodes in total")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     p.add_argument("--out", required=True, help="output directory")

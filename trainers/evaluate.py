@@ -29,10 +29,9 @@ _WORKER = {}
 
 
 def _init_worker(*args) -> None:
-    import tensorflow as tf
+    from neverstop.trainers import policy as policy_lib
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    policy_lib.set_threads(1)
     try:
         _load(*args)
     except Exception as e:  # noqa: BLE001 - a raising initializer makes Pool respawn forever

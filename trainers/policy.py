@@ -91,6 +91,59 @@ class CEMPolicy:
         return action.numpy()[0].astype(np.float32)
 
 
+def set_threads(threads: int) -> None:
+    """TensorFlow's op threads in this process (before it runs anything).
+
+    One thread sums a convolution in one order, so a policy acts the same in
+    every worker process whatever their number; two threads can differ in
+    the last bits, which picks another grasp where CEM's choice is near a
+    tie (docs/trainer.md). A no-op where they already are `threads` (a
+    second policy in the same worker); otherwise RuntimeError once
+    TensorFlow has run.
+    """
+    threading = tf.config.threading
+    if (
+        threading.get_intra_op_parallelism_threads()
+        == threading.get_inter_op_parallelism_threads()
+        == threads
+    ):
+        return
+    threading.set_intra_op_parallelism_threads(threads)
+    threading.set_inter_op_parallelism_threads(threads)
+
+
+class CheckpointPolicyFactory:
+    """A collector's policy factory (envs.collect.PolicyFactory): a checkpoint's
+    acting policy, epsilon-greedy with `explore`, named `qtopt:<id>` (plus
+    the epsilon). `path` is a run dir (its newest checkpoint, fixed here, so
+    every worker loads the same one) or a checkpoint prefix. Picklable: Beam
+    ships it to its workers, and each loads the network once. `threads` (1 in
+    `neverstop collect`'s worker processes) sets TensorFlow's threads in the
+    worker; None keeps the process's (a workflow step collecting in its own
+    process)."""
+
+    def __init__(
+        self,
+        path: str,
+        epsilon: float = 0.0,
+        explore: str = "random",
+        threads: Optional[int] = None,
+    ):
+        from neverstop.trainers import checkpoints
+
+        ref = checkpoints.locate(path)
+        self.prefix = ref.prefix
+        self.label = f"qtopt:{ref.id}"
+        self.epsilon = epsilon
+        self.explore = explore
+        self.threads = threads
+
+    def __call__(self, env, config):
+        if self.threads:
+            set_threads(self.threads)
+        return from_checkpoint(self.prefix, epsilon=self.epsilon, explore=self.explore)
+
+
 def from_checkpoint(
     path: str, epsilon: float = 0.0, explore: str = "random", acting: Optional[str] = None
 ):

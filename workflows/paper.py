@@ -303,28 +303,6 @@ def _split(total: int, parts: int) -> List[int]:
 # --- Step functions (module level: each runs in a spawned process) -------------------------
 
 
-class CheckpointPolicy:
-    """A collector policy factory: the acting policy of one checkpoint (its
-    run's `acting`: the actor, or CEM over Q), epsilon-greedy. Picklable (Beam
-    ships it to its workers), loads in the worker."""
-
-    def __init__(self, prefix: str, epsilon: float, explore: str):
-        self.prefix = prefix
-        self.epsilon = epsilon
-        self.explore = explore
-
-    def __call__(self, env, config):
-        from neverstop.trainers import policy as policy_lib
-
-        return policy_lib.from_checkpoint(self.prefix, epsilon=self.epsilon, explore=self.explore)
-
-
-def _checkpoint_label(prefix: str) -> str:
-    from neverstop.trainers import checkpoints
-
-    return f"qtopt:{checkpoints.locate(prefix).id}"
-
-
 def collect_step(
     run_dir: str,
     task: str,
@@ -344,9 +322,12 @@ def collect_step(
     factory = collect.named_policy
     label = policy
     if policy == "checkpoint":
-        prefix = _resolve_checkpoint(run_dir, checkpoint)
-        factory = CheckpointPolicy(prefix, epsilon, explore)
-        label = _checkpoint_label(prefix)
+        from neverstop.trainers import policy as policy_lib
+
+        factory = policy_lib.CheckpointPolicyFactory(
+            _resolve_checkpoint(run_dir, checkpoint), epsilon, explore
+        )
+        label = factory.label
     config = collect.CollectConfig(
         task=task,
         policy=label,

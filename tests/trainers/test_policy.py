@@ -1,5 +1,6 @@
 """Tests for acting with a trained Q-network: eval, export, the vision stand-in."""
 
+import filecmp
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from neverstop import schema
+from neverstop import cli, rawlog, schema
 from neverstop.envs import collect, grasp_env, policies
 from neverstop.trainers import checkpoints, evaluate, export, qtopt, run, vision
 from neverstop.trainers import policy as policy_lib
@@ -69,6 +70,55 @@ def test_the_policy_is_named_after_its_checkpoint_and_wraps_in_epsilon_greedy(tr
     )
     assert action.shape == (5,) and action.dtype == np.float32
     assert np.all(np.abs(action) <= 1)
+
+
+def _collect_cli(run_dir: str, out, workers: int, *extra: str) -> int:
+    return cli.main(
+        ["collect", "--task", "base", "--checkpoint", run_dir, "--epsilon", "0.2"]
+        + ["--explore", "moves", "--episodes", "4", "--seed", "5", "--out", str(out)]
+        + ["--workers", str(workers), *extra]
+    )
+
+
+def test_collect_with_a_checkpoint_writes_the_same_files_whatever_the_workers(
+    trained, tmp_path, capsys
+):
+    _, run_dir = trained
+    dirs = {workers: tmp_path / f"workers{workers}" for workers in (1, 2)}
+    for workers, out in dirs.items():
+        assert _collect_cli(run_dir, out, workers) == 0
+    assert "4 episodes written" in capsys.readouterr().out
+    label = "qtopt:run.ckpt-20@eps=0.2+moves"
+    config = collect.CollectConfig(policy="qtopt:run.ckpt-20", seed=5, epsilon=0.2, explore="moves")
+    names = [collect.output_name(config, i) for i in range(4)]
+    for out in dirs.values():
+        assert sorted(n for n in os.listdir(out) if n.endswith(".nsep")) == sorted(names)
+    match, mismatch, errors = filecmp.cmpfiles(dirs[1], dirs[2], names, shallow=False)
+    assert (len(match), mismatch, errors) == (4, [], [])
+    # Each file is what the checkpoint's policy does on that seed in this
+    # process, and records the policy by its checkpoint and exploration.
+    policy = policy_lib.from_checkpoint(run_dir, epsilon=0.2, explore="moves")
+    with grasp_env.GraspEnv("base") as env:
+        for i in range(4):
+            _, actions, _, info = policies.run_episode(env, policy, collect.episode_seed(5, i))
+            episode = rawlog.read_episode(str(dirs[2] / names[i]))
+            assert episode.metadata[schema.POLICY] == label
+            assert episode.metadata[schema.SUCCESS] == info["success"]
+            logged = episode.steps[schema.ACTION][: len(actions)]
+            np.testing.assert_allclose(logged, np.array(actions), atol=1e-6)
+
+
+def test_collect_refuses_a_missing_checkpoint_or_two_policies_and_writes_nothing(
+    trained, tmp_path, capsys
+):
+    _, run_dir = trained
+    out = tmp_path / "out"
+    missing = str(tmp_path / "nothing" / "ckpt-5")
+    assert _collect_cli(missing, out, 1) == 2
+    assert missing in capsys.readouterr().err
+    assert _collect_cli(run_dir, out, 1, "--policy", "scripted") == 2
+    assert "give --policy or --checkpoint, not both" in capsys.readouterr().err
+    assert not out.exists() or not [n for n in os.listdir(out) if n.endswith(".nsep")]
 
 
 _FRESH = r"""
