@@ -382,6 +382,9 @@ def _cmd_collect(args) -> int:
 
     factory = collect.named_policy
     policy = args.policy or "scripted"
+    # --workers 0: Beam's in-memory runner in this process, as the workflows
+    # collect (their step's process and TensorFlow threads).
+    in_process = args.workers == 0
     if args.checkpoint:
         if args.policy:
             raise ValueError("give --policy or --checkpoint, not both")
@@ -389,7 +392,7 @@ def _cmd_collect(args) -> int:
 
         # One TensorFlow thread per worker: the same files whatever --workers.
         factory = policy_lib.CheckpointPolicyFactory(
-            args.checkpoint, args.epsilon, args.explore, threads=1
+            args.checkpoint, args.epsilon, args.explore, threads=None if in_process else 1
         )
         policy = factory.label
     config = collect.CollectConfig(
@@ -398,7 +401,7 @@ def _cmd_collect(args) -> int:
         episodes=args.episodes,
         seed=args.seed,
         out=args.out,
-        workers=args.workers,
+        workers=1 if in_process else args.workers,
         epsilon=args.epsilon,
         explore=args.explore,
         object_split=args.split,
@@ -416,6 +419,7 @@ def _cmd_collect(args) -> int:
             summary = collect.collect(
                 config,
                 beam_args,
+                running_mode="in_memory" if in_process else "multi_processing",
                 policy_factory=factory,
                 progress=lambda n, success: tick(success, n),
             )
@@ -815,7 +819,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, required=True, help="how many episodes in total")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--workers", type=int, default=2, help="local worker processes (default: 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="local worker processes (default: 2); 0 collects in this process, as the "
+        "workflows do (with --checkpoint: their TensorFlow threads, so their files)",
+    )
     p.add_argument(
         "--epsilon",
         type=float,

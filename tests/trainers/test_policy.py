@@ -84,10 +84,10 @@ def test_collect_with_a_checkpoint_writes_the_same_files_whatever_the_workers(
     trained, tmp_path, capsys
 ):
     _, run_dir = trained
-    dirs = {workers: tmp_path / f"workers{workers}" for workers in (1, 2)}
+    dirs = {workers: tmp_path / f"workers{workers}" for workers in (0, 1, 2)}
     for workers, out in dirs.items():
         assert _collect_cli(run_dir, out, workers) == 0
-    assert "4 episodes written" in capsys.readouterr().out
+        assert "4 episodes written" in capsys.readouterr().out
     label = "qtopt:run.ckpt-20@eps=0.2+moves"
     config = collect.CollectConfig(policy="qtopt:run.ckpt-20", seed=5, epsilon=0.2, explore="moves")
     names = [collect.output_name(config, i) for i in range(4)]
@@ -96,16 +96,19 @@ def test_collect_with_a_checkpoint_writes_the_same_files_whatever_the_workers(
     match, mismatch, errors = filecmp.cmpfiles(dirs[1], dirs[2], names, shallow=False)
     assert (len(match), mismatch, errors) == (4, [], [])
     # Each file is what the checkpoint's policy does on that seed in this
-    # process, and records the policy by its checkpoint and exploration.
+    # process, and records the policy by its checkpoint and exploration:
+    # exactly with --workers 0 (this process's threads), and to the last bits
+    # in one-thread workers.
     policy = policy_lib.from_checkpoint(run_dir, epsilon=0.2, explore="moves")
     with grasp_env.GraspEnv("base") as env:
         for i in range(4):
             _, actions, _, info = policies.run_episode(env, policy, collect.episode_seed(5, i))
-            episode = rawlog.read_episode(str(dirs[2] / names[i]))
-            assert episode.metadata[schema.POLICY] == label
-            assert episode.metadata[schema.SUCCESS] == info["success"]
-            logged = episode.steps[schema.ACTION][: len(actions)]
-            np.testing.assert_allclose(logged, np.array(actions), atol=1e-6)
+            for workers, tolerance in ((0, 0.0), (2, 1e-6)):
+                episode = rawlog.read_episode(str(dirs[workers] / names[i]))
+                assert episode.metadata[schema.POLICY] == label
+                assert episode.metadata[schema.SUCCESS] == info["success"]
+                logged = episode.steps[schema.ACTION][: len(actions)]
+                np.testing.assert_allclose(logged, np.array(actions), rtol=0, atol=tolerance)
 
 
 def test_collect_refuses_a_missing_checkpoint_or_two_policies_and_writes_nothing(
