@@ -324,8 +324,9 @@ def collect_step(
     if policy == "checkpoint":
         from neverstop.trainers import policy as policy_lib
 
+        # The factory fixes the run dir's newest checkpoint itself.
         factory = policy_lib.CheckpointPolicyFactory(
-            _resolve_checkpoint(run_dir, checkpoint), epsilon, explore
+            checkpoint_dir(run_dir, checkpoint), epsilon, explore
         )
         label = factory.label
     config = collect.CollectConfig(
