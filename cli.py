@@ -269,8 +269,10 @@ def _train_config(args):
 
 def _cmd_train(args) -> int:
     from neverstop.datasets import mixture as mixture_lib
-    from neverstop.trainers import run
+    from neverstop.trainers import distribute, run
 
+    # First: splitting the CPU must come before TensorFlow touches a device.
+    strategy = distribute.make_strategy(args.strategy, args.cpu_devices)
     config = _train_config(args)
     mixture = mixture_lib.Mixture.load(args.mixture)
     summary = run.train(
@@ -281,6 +283,7 @@ def _cmd_train(args) -> int:
         init=args.init,
         vision_weights=args.vision_weights,
         deterministic=args.deterministic,
+        strategy=strategy,
     )
     m = summary.last_metrics
     print(
@@ -998,6 +1001,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--deterministic",
         action="store_true",
         help="TF op determinism: bit-exact reruns and resumes (slower)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="default",
+        choices=("default", "mirrored"),
+        help="default: one device; mirrored: tf.distribute.MirroredStrategy over every GPU "
+        "here, each step's batch split evenly over them and the gradients averaged "
+        "(checkpoints are the same files; docs/trainer.md)",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="with --strategy mirrored: mirror over this many logical devices split from the "
+        "CPU instead (to try distribution on a machine without GPUs)",
     )
     p.set_defaults(fn=_cmd_train)
 

@@ -52,6 +52,9 @@ from neverstop.trainers import cem, networks
 from neverstop.trainers.config import TrainConfig
 from neverstop.trainers.networks import QNetwork, state_vector
 
+# Replica r draws its CEM samples from the step's seed + r * this.
+REPLICA_SEED_STRIDE = 7919
+
 
 def bellman_target(reward, terminal, q1_next, q2_next, gamma: float) -> tf.Tensor:
     """y = r + gamma * (1 - terminal) * min(q1, q2), clipped to [0, 1]."""
@@ -74,15 +77,26 @@ def weighted_cross_entropy(y, logits, terminal, terminal_weight: float) -> tf.Te
     return tf.reduce_mean(weight * per_example)
 
 
-def behaviour_cloning_loss(predicted, action, success, weights=None) -> tf.Tensor:
+def behaviour_cloning_loss(predicted, action, success, weights=None, replicas: int = 1):
     """Mean squared error of `predicted` against `action` over the examples
     whose episode succeeded, weighted by `weights` if given (their weighted
-    mean; 0 when none succeeded)."""
+    mean; 0 when none succeeded).
+
+    With `replicas` > 1 it runs in a replica context on one replica's slice of
+    the batch, and the mean over replicas of what it returns is the weighted
+    mean over the whole batch: the denominator is the weights summed over
+    every replica (an all-reduce), not this slice's, which holds a different
+    number of successes."""
     per_example = tf.reduce_mean(tf.square(predicted - action), axis=-1)
     weight = tf.cast(success, tf.float32)
     if weights is not None:
         weight *= weights
-    return tf.reduce_sum(weight * per_example) / tf.maximum(tf.reduce_sum(weight), 1e-6)
+    total = tf.reduce_sum(weight)
+    if replicas > 1:
+        context = tf.distribute.get_replica_context()
+        total = tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, total)) / replicas
+        return tf.reduce_sum(weight * per_example) / tf.maximum(total, 1e-6 / replicas)
+    return tf.reduce_sum(weight * per_example) / tf.maximum(total, 1e-6)
 
 
 def advantage_weights(q_data, q_actor, temperature: float, max_weight: float) -> tf.Tensor:
@@ -190,11 +204,49 @@ class QTOpt(tf.Module):
 
     @tf.function(jit_compile=False)
     def train_step(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        seed = self.rng.make_seeds(1)[:, 0]
+        """One update on one device: a batch in, the step's metrics out."""
+        grads, out = self.gradients(batch, self.rng.make_seeds(1)[:, 0])
+        return self.apply_if_finite(grads, out)
+
+    def distributed_step(self, strategy: tf.distribute.Strategy):
+        """The same update across `strategy`'s replicas, as a function of a
+        per-replica batch (`distribute.split_batch`): `mean_gradients`, then
+        one update in cross-replica context, so the variables stay in sync.
+        Build the learner in `strategy.scope()`."""
+
+        @tf.function(jit_compile=False)
+        def step(batch):
+            grads, out = self.mean_gradients(strategy, batch, self.rng.make_seeds(1)[:, 0])
+            return self.apply_if_finite(grads, out)
+
+        return step
+
+    def mean_gradients(self, strategy: tf.distribute.Strategy, batch, seed: tf.Tensor):
+        """Every replica's `gradients` of its slice, with its own CEM draws
+        (seed + replica * REPLICA_SEED_STRIDE), averaged over replicas: the
+        gradients of the whole batch's loss; the metrics averaged likewise."""
+        replicas = strategy.num_replicas_in_sync
+        mean = tf.distribute.ReduceOp.MEAN
+
+        def replica(batch, seed):
+            index = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return self.gradients(
+                batch, seed + REPLICA_SEED_STRIDE * tf.cast(index, seed.dtype), replicas
+            )
+
+        grads, out = strategy.run(replica, args=(batch, seed))
+        grads = [strategy.reduce(mean, g, axis=None) for g in grads]
+        return grads, {k: strategy.reduce(mean, v, axis=None) for k, v in out.items()}
+
+    def gradients(self, batch: Dict[str, tf.Tensor], seed: tf.Tensor, replicas: int = 1):
+        """(gradients of the loss over q_variables + actor_variables, metrics).
+
+        With `replicas` > 1 this is one replica's share: every term is a mean
+        over its slice of the batch, so the mean over replicas of the
+        gradients is the gradient of the whole batch's loss."""
         target = clipped_double_q_target(batch, self.target1, self.target2, self.config, seed)
         y = tf.stop_gradient(target["target"])
-        q_variables, actor_variables = self.q_variables, self.actor_variables
-        weights = q_variables + actor_variables
+        weights = self.q_variables + self.actor_variables
         with tf.GradientTape() as tape:
             observation = batch[tr.OBSERVATION]
             state = state_vector(observation)
@@ -222,19 +274,43 @@ class QTOpt(tf.Module):
                         self.config.actor_max_weight,
                     )
                 actor_loss = behaviour_cloning_loss(
-                    predicted, batch[schema.ACTION], batch[tr.SUCCESS], advantage
+                    predicted, batch[schema.ACTION], batch[tr.SUCCESS], advantage, replicas
                 )
                 loss += self.config.actor_weight * actor_loss
         grads = tape.gradient(loss, weights)
-        finite = tf.math.is_finite(loss)
+        q = tf.sigmoid(logits)
+        out = {
+            "loss": loss,
+            "cross_entropy": cross_entropy,
+            "mean_q": tf.reduce_mean(q),
+            "target_q": tf.reduce_mean(y),
+            "td_error": tf.reduce_mean(tf.abs(q - y)),
+        }
+        if self.config.conservative_weight > 0:
+            out["conservative_gap"] = gap
+        if self.online.has_actor:
+            out["actor_loss"] = actor_loss
+        return grads, out
+
+    def apply_if_finite(self, grads: list, out: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """Applies `grads` (to q_variables + actor_variables), moves the
+        averages and the step, unless the loss or a gradient is not finite;
+        returns `out` with `finite`."""
+        q_variables, actor_variables = self.q_variables, self.actor_variables
+        finite = tf.math.is_finite(out["loss"])
         for g in grads:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
 
         def apply():
-            self.optimizer.apply_gradients(zip(grads[: len(q_variables)], q_variables))
+            # Gradients arrive whole (one device, or already averaged over
+            # replicas), so the optimizers must not all-reduce them again.
+            self.optimizer.apply_gradients(
+                zip(grads[: len(q_variables)], q_variables), skip_gradients_aggregation=True
+            )
             if actor_variables:
                 self.actor_optimizer.apply_gradients(
-                    zip(grads[len(q_variables) :], actor_variables)
+                    zip(grads[len(q_variables) :], actor_variables),
+                    skip_gradients_aggregation=True,
                 )
                 networks.polyak_update(
                     self.online.average_actor_weights,
@@ -254,17 +330,4 @@ class QTOpt(tf.Module):
             return tf.constant(True)
 
         tf.cond(finite, apply, lambda: tf.constant(False))
-        q = tf.sigmoid(logits)
-        out = {
-            "loss": loss,
-            "cross_entropy": cross_entropy,
-            "mean_q": tf.reduce_mean(q),
-            "target_q": tf.reduce_mean(y),
-            "td_error": tf.reduce_mean(tf.abs(q - y)),
-            "finite": finite,
-        }
-        if self.config.conservative_weight > 0:
-            out["conservative_gap"] = gap
-        if self.online.has_actor:
-            out["actor_loss"] = actor_loss
-        return out
+        return dict(out, finite=finite)

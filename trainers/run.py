@@ -17,6 +17,7 @@ config change is refused. A step with a non-finite loss stops the run
 without saving, naming the last good checkpoint.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -31,7 +32,7 @@ import tensorflow as tf
 from neverstop import jsonfile, schema
 from neverstop.datasets import mixture as mixture_lib
 from neverstop.datasets import stream as stream_lib
-from neverstop.trainers import checkpoints, networks
+from neverstop.trainers import checkpoints, distribute, networks
 from neverstop.trainers.config import ConfigError, TrainConfig
 from neverstop.trainers.qtopt import QTOpt
 from neverstop.version import __version__
@@ -77,6 +78,7 @@ def lineage_record(
     resolved: List[mixture_lib.ResolvedSource],
     parent: Optional[checkpoints.CheckpointRef],
     vision: Optional[dict],
+    strategy: Optional[dict] = None,
 ) -> dict:
     return {
         "mode": config.mode,
@@ -96,6 +98,7 @@ def lineage_record(
             None if parent is None else {"id": parent.id, "prefix": os.path.abspath(parent.prefix)}
         ),
         "vision_weights": vision,
+        "strategy": strategy or distribute.describe(None),
         "neverstop_version": __version__,
         "created": _now(),
     }
@@ -184,30 +187,43 @@ def train(
     deterministic: bool = False,
     callbacks: Optional[List[Callable[[str, int], None]]] = None,
     batch_hook: Optional[Callable[[dict], dict]] = None,
+    strategy: Optional[tf.distribute.Strategy] = None,
 ) -> RunSummary:
     """Trains (or resumes) the run in `run_dir` up to `config.steps` steps.
 
     `deterministic` turns on TF op determinism (bit-exact resume; slower on
     some ops). `callbacks(event, step)` hear "checkpoint" after each save.
     `batch_hook` rewrites each batch before the step (fault injection).
+    `strategy` (distribute.make_strategy) spreads each step over its replicas;
+    None trains on one device.
 
     Raises:
         MixtureError, ConfigError: before anything is written.
         TrainingDivergedError: a non-finite step; checkpoints stay as they were.
     """
     check_network_input(config)
+    distribute.check_batch(strategy, config.batch_size)
     resolved = mixture.resolve(data_dir)
     resuming = _prepare_run_dir(run_dir, config, mixture)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(config.seed)
 
-    learner = QTOpt(config)
-    parent = vision_record = None
-    restoring = resuming and tf.train.latest_checkpoint(run_dir) is not None
-    if not restoring:
-        # A fresh run, or one killed before its first checkpoint: start as asked.
-        parent, vision_record = initialise(learner, config, init, vision_weights)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        learner = QTOpt(config)
+        parent = vision_record = None
+        restoring = resuming and tf.train.latest_checkpoint(run_dir) is not None
+        if not restoring:
+            # A fresh run, or one killed before its first checkpoint: start as asked.
+            parent, vision_record = initialise(learner, config, init, vision_weights)
+    if strategy is None:
+        train_step = learner.train_step
+    else:
+        distributed_step = learner.distributed_step(strategy)
+
+        def train_step(batch):
+            return distributed_step(distribute.split_batch(strategy, batch))
 
     stream_config = stream_lib.StreamConfig(
         batch_size=config.batch_size, seed=config.seed, augment=config.augment
@@ -224,20 +240,22 @@ def train(
     )
     if restoring:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-        logging.info("resumed %s at step %d", run_dir, int(learner.step))
+        logging.info("resumed %s at step %d", run_dir, int(learner.step.numpy()))
     elif resuming:
         logging.info("%s: config present but no checkpoint yet; starting at step 0", run_dir)
     if not resuming:
         os.makedirs(run_dir, exist_ok=True)
         jsonfile.write_atomic(
             os.path.join(run_dir, checkpoints.LINEAGE_FILE),
-            lineage_record(config, mixture, resolved, parent, vision_record),
+            lineage_record(
+                config, mixture, resolved, parent, vision_record, distribute.describe(strategy)
+            ),
         )
         jsonfile.write_atomic(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
     elif config.steps != checkpoints.read_config(run_dir).steps:
         jsonfile.write_atomic(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
 
-    start_step = int(learner.step)
+    start_step = int(learner.step.numpy())
     metrics_path = os.path.join(run_dir, checkpoints.METRICS_FILE)
     _truncate_metrics(metrics_path, start_step)
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
@@ -254,12 +272,12 @@ def train(
     window_start = time.perf_counter()
     run_start = window_start
     try:
-        while int(learner.step) < config.steps:
+        while int(learner.step.numpy()) < config.steps:
             batch = next(iterator)
             if batch_hook is not None:
                 batch = batch_hook(batch)
-            out = learner.train_step(batch)
-            step = int(learner.step)
+            out = train_step(batch)
+            step = int(learner.step.numpy())
             if not bool(out["finite"]):
                 where = (
                     f"the last good checkpoint is step {last_saved} ({manager.latest_checkpoint})"
@@ -295,7 +313,9 @@ def train(
         if bar is not None:
             bar.close()
         writer.close()
-    return RunSummary(run_dir, start_step, int(learner.step), time.perf_counter() - run_start, last)
+    return RunSummary(
+        run_dir, start_step, int(learner.step.numpy()), time.perf_counter() - run_start, last
+    )
 
 
 def _log_metrics(path: str, writer, step: int, values: Dict[str, float]) -> None:
