@@ -1005,10 +1005,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="default",
-        choices=("default", "mirrored"),
+        choices=("default", "mirrored", "multiworker"),
         help="default: one device; mirrored: tf.distribute.MirroredStrategy over every GPU "
-        "here, each step's batch split evenly over them and the gradients averaged "
-        "(checkpoints are the same files; docs/trainer.md)",
+        "here, each step's batch split evenly over them and the gradients averaged; "
+        "multiworker: MultiWorkerMirroredStrategy over the machines TF_CONFIG names, the "
+        "same command on each, worker 0 writing --run-dir (a path all of them read). "
+        "Checkpoints are the same files either way (docs/trainer.md)",
     )
     p.add_argument(
         "--cpu-devices",

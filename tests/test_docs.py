@@ -15,16 +15,35 @@ from neverstop import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + [os.path.join(ROOT, "README.md")]
-SHELL_BLOCK = re.compile(r"```(?:sh|bash|console)?\n(.*?)```", re.S)
+SHELL_LANGUAGES = ("", "sh", "bash", "console")
 COMMAND = re.compile(r"^(?:\S*/)?neverstop\s+(.*)$")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def shell_blocks(text: str) -> list:
+    """The bodies of the page's fenced shell blocks, fence by fence: a
+    closing fence never opens the next block (a regex over the page would
+    pair a python block's closing fence with the next opening one)."""
+    blocks, body, language = [], None, None
+    for line in text.splitlines():
+        fence = line.strip()
+        if not fence.startswith("```"):
+            if body is not None:
+                body.append(line)
+        elif body is None:
+            body, language = [], fence[3:].strip()
+        else:
+            if language in SHELL_LANGUAGES:
+                blocks.append("\n".join(body) + "\n")
+            body = None
+    return blocks
 
 
 def documented_commands():
     """(page, line, argv) for each neverstop command line in a shell block."""
     found = []
     for page in PAGES:
-        for block in SHELL_BLOCK.findall(open(page).read()):
+        for block in shell_blocks(open(page).read()):
             for line in block.replace("\\\n", " ").splitlines():
                 match = COMMAND.match(line.strip())
                 if match:

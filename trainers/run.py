@@ -23,6 +23,8 @@ import datetime
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -204,7 +206,13 @@ def train(
     check_network_input(config)
     distribute.check_batch(strategy, config.batch_size)
     resolved = mixture.resolve(data_dir)
-    resuming = _prepare_run_dir(run_dir, config, mixture)
+    # On a multi-worker cluster only the chief writes RUN; the others read it
+    # to resume and save their share of each checkpoint to a scratch dir.
+    chief = distribute.is_chief(strategy)
+    if chief:
+        resuming = _prepare_run_dir(run_dir, config, mixture)
+    else:
+        resuming = tf.train.latest_checkpoint(run_dir) is not None
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(config.seed)
@@ -231,19 +239,20 @@ def train(
     dataset = stream_lib.make_stream(mixture, data_dir, stream_config, resolved=resolved)
     iterator = iter(dataset)
     checkpoint = tf.train.Checkpoint(iterator=iterator, **learner.checkpoint_items())
+    save_dir = run_dir if chief else tempfile.mkdtemp(prefix="neverstop-worker-")
     manager = tf.train.CheckpointManager(
         checkpoint,
-        run_dir,
+        save_dir,
         max_to_keep=config.keep_checkpoints,
         checkpoint_name="ckpt",
         step_counter=learner.step,
     )
     if restoring:
-        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+        checkpoint.restore(tf.train.latest_checkpoint(run_dir)).assert_consumed()
         logging.info("resumed %s at step %d", run_dir, int(learner.step.numpy()))
     elif resuming:
         logging.info("%s: config present but no checkpoint yet; starting at step 0", run_dir)
-    if not resuming:
+    if chief and not resuming:
         os.makedirs(run_dir, exist_ok=True)
         jsonfile.write_atomic(
             os.path.join(run_dir, checkpoints.LINEAGE_FILE),
@@ -252,16 +261,19 @@ def train(
             ),
         )
         jsonfile.write_atomic(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
-    elif config.steps != checkpoints.read_config(run_dir).steps:
+    elif chief and config.steps != checkpoints.read_config(run_dir).steps:
         jsonfile.write_atomic(os.path.join(run_dir, checkpoints.CONFIG_FILE), config.as_dict())
 
     start_step = int(learner.step.numpy())
     metrics_path = os.path.join(run_dir, checkpoints.METRICS_FILE)
-    _truncate_metrics(metrics_path, start_step)
-    writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
-    last_saved = start_step if manager.latest_checkpoint else None
+    if chief:
+        _truncate_metrics(metrics_path, start_step)
+        writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+    else:
+        writer = tf.summary.create_noop_writer()
+    last_saved = start_step if restoring else None
     bar = None
-    if progress:
+    if progress and chief:
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.mode}", unit="step")
@@ -296,7 +308,8 @@ def train(
                 elapsed = time.perf_counter() - window_start
                 last = {k: sums[k] / count for k in metric_keys}
                 last["steps_per_s"] = count / elapsed if elapsed > 0 else 0.0
-                _log_metrics(metrics_path, writer, step, last)
+                if chief:
+                    _log_metrics(metrics_path, writer, step, last)
                 sums = {k: 0.0 for k in metric_keys}
                 count = 0
                 window_start = time.perf_counter()
@@ -313,6 +326,8 @@ def train(
         if bar is not None:
             bar.close()
         writer.close()
+        if not chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
     return RunSummary(
         run_dir, start_step, int(learner.step.numpy()), time.perf_counter() - run_start, last
     )

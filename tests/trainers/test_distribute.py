@@ -1,13 +1,17 @@
 """Tests for training across devices (trainers/distribute.py): a mirrored step
 is one device's step of the whole batch, resumes exactly, and writes the
-checkpoints a one-device run writes. The CPU is split into two logical
+checkpoints a one-device run writes; two workers of a cluster train the
+same weights as two devices of one machine. The CPU is split into two logical
 devices, which TensorFlow allows only before it first touches a device, so
 those tests run in fresh processes."""
 
+import glob
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -49,12 +53,47 @@ def test_mirrored_gradients_are_one_devices_and_the_replicas_stay_in_sync(data_d
     assert result["odd_batch_wrote"] is False
 
 
-def _cli_train(data_dir, run_dir, config, steps, *extra):
-    return _run(
+def _train_args(data_dir, run_dir, config, steps, *extra):
+    return (
         [sys.executable, "-m", "neverstop.cli", "train", "--config", config]
         + ["--mixture", "base:train:1", "--data-dir", data_dir, "--run-dir", run_dir]
         + ["--steps", str(steps), "--deterministic", *extra]
     )
+
+
+def _cli_train(data_dir, run_dir, config, steps, *extra):
+    return _run(_train_args(data_dir, run_dir, config, steps, *extra))
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _cluster_train(data_dir, run_dir, config, steps):
+    """Two workers on this machine, one process each, the same command."""
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    args = _train_args(data_dir, run_dir, config, steps, "--strategy", "multiworker")
+    processes = []
+    for index in range(2):
+        spec = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(spec))
+        processes.append(
+            subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = []
+    for p in processes:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        outputs.append(out)
+    return outputs
 
 
 def test_a_mirrored_run_resumes_exactly_and_its_checkpoint_loads_on_one_device(data_dir, tmp_path):
@@ -68,7 +107,19 @@ def test_a_mirrored_run_resumes_exactly_and_its_checkpoint_loads_on_one_device(d
     _cli_train(data_dir, resumed, config_path, 30, *mirrored)
     out = _cli_train(data_dir, straight, config_path, 30, *mirrored)
     assert f"{straight}: steps 0 -> 30" in out
-    digests = {run.checkpoint_digest(os.path.join(d, "ckpt-30")) for d in (resumed, straight)}
+    # Two workers of a cluster, one device each, stopped at 20 and resumed:
+    # the same weights again, and only the chief wrote the run dir.
+    cluster = str(tmp_path / "cluster")
+    scratch = set(glob.glob(os.path.join(tempfile.gettempdir(), "neverstop-worker-*")))
+    _cluster_train(data_dir, cluster, config_path, 20)
+    outputs = _cluster_train(data_dir, cluster, config_path, 30)
+    assert all(f"{cluster}: steps 20 -> 30" in out for out in outputs)
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "neverstop-worker-*"))) == scratch
+    with open(os.path.join(cluster, checkpoints.METRICS_FILE)) as f:
+        assert [json.loads(line)["step"] for line in f] == [5, 10, 15, 20, 25, 30]
+    digests = {
+        run.checkpoint_digest(os.path.join(d, "ckpt-30")) for d in (resumed, straight, cluster)
+    }
     assert len(digests) == 1
 
     with open(os.path.join(straight, checkpoints.LINEAGE_FILE)) as f:
@@ -92,7 +143,7 @@ def test_a_mirrored_run_resumes_exactly_and_its_checkpoint_loads_on_one_device(d
     assert f"{straight}: steps 30 -> 40" in out
 
 
-def test_strategy_choices_are_checked_before_any_device_is_touched():
+def test_strategy_choices_are_checked_before_any_device_is_touched(monkeypatch):
     assert distribute.make_strategy("default") is None
     with pytest.raises(ConfigError, match="unknown strategy 'ring'"):
         distribute.make_strategy("ring")
@@ -101,3 +152,12 @@ def test_strategy_choices_are_checked_before_any_device_is_touched():
     with pytest.raises(ConfigError, match="--cpu-devices must be >= 2"):
         distribute.make_strategy("mirrored", cpu_devices=1)
     assert distribute.describe(None) == {"name": "default", "replicas": 1}
+    assert distribute.is_chief(None) is True
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="--strategy multiworker needs TF_CONFIG"):
+        distribute.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}}')
+    with pytest.raises(
+        ConfigError, match="TF_CONFIG is not a cluster spec with 'cluster' and 'task'"
+    ):
+        distribute.make_strategy("multiworker")
