@@ -40,6 +40,11 @@ network's logit); y is clipped to [0, 1] so a per-step penalty cannot push
 the cross-entropy's label out of range. A step whose loss or gradients are
 not finite changes nothing and is reported (`finite` = False): the run
 loop then stops without saving (see run.py).
+
+Across devices (`distributed_step`, trainers/distribute.py) each replica
+takes these means over its slice of the batch, except L_actor's
+denominator, which is summed over every replica, so the mean of the
+replicas' gradients is the gradient of the whole batch's L.
 """
 
 from typing import Dict
@@ -91,12 +96,12 @@ def behaviour_cloning_loss(predicted, action, success, weights=None, replicas: i
     weight = tf.cast(success, tf.float32)
     if weights is not None:
         weight *= weights
-    total = tf.reduce_sum(weight)
+    total, floor = tf.reduce_sum(weight), 1e-6
     if replicas > 1:
         context = tf.distribute.get_replica_context()
         total = tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, total)) / replicas
-        return tf.reduce_sum(weight * per_example) / tf.maximum(total, 1e-6 / replicas)
-    return tf.reduce_sum(weight * per_example) / tf.maximum(total, 1e-6)
+        floor /= replicas
+    return tf.reduce_sum(weight * per_example) / tf.maximum(total, floor)
 
 
 def advantage_weights(q_data, q_actor, temperature: float, max_weight: float) -> tf.Tensor:
