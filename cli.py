@@ -32,6 +32,7 @@ POLICY_NAMES = (
 EXPLORER_NAMES = ("random", "moves")  # == tuple(neverstop.envs.policies.EXPLORERS)
 RENDERERS = ("tiny", "egl", "auto")
 ACTING = ("cem", "actor", "actor_cem")  # trainers.config.ACTING, without importing TensorFlow
+STRATEGIES = ("default", "mirrored", "multiworker")  # trainers.distribute.STRATEGIES, likewise
 
 EPILOG = """examples:
   neverstop quickstart
@@ -1005,7 +1006,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="default",
-        choices=("default", "mirrored", "multiworker"),
+        choices=STRATEGIES,
         help="default: one device; mirrored: tf.distribute.MirroredStrategy over every GPU "
         "here, each step's batch split evenly over them and the gradients averaged; "
         "multiworker: MultiWorkerMirroredStrategy over the machines TF_CONFIG names, the "

@@ -241,9 +241,10 @@ def test_cli_choices_match_the_library():
     assert set(cli.POLICY_NAMES) == set(policies.POLICY_NAMES)
     assert cli.EXPLORER_NAMES == tuple(policies.EXPLORERS)
     assert set(cli.RENDERERS) == set(grasp_env.RENDERERS)
-    from neverstop.trainers import config
+    from neverstop.trainers import config, distribute
 
     assert cli.ACTING == config.ACTING
+    assert cli.STRATEGIES == distribute.STRATEGIES
 
 
 def test_ingest_then_datasets_list_and_show(tmp_path):

@@ -22,10 +22,9 @@ The run dir must be one path that every worker can read (a shared disk or
 a bucket).
 """
 
-from typing import Dict, Optional
-
 import json
 import os
+from typing import Dict, Optional
 
 import tensorflow as tf
 
@@ -91,12 +90,10 @@ def is_chief(strategy: Optional[tf.distribute.Strategy]) -> bool:
     multi-worker cluster's workers other than the chief (task "chief", or
     worker 0 when there is none)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec or resolver.task_type == "chief":
         return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in spec
 
 
 def check_batch(strategy: Optional[tf.distribute.Strategy], batch_size: int) -> None:

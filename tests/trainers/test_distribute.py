@@ -30,8 +30,8 @@ def data_dir(tmp_path_factory):
     return make_data_dir(tmp_path_factory.mktemp("distribute"))
 
 
-def _run(args, cwd=ROOT):
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
+def _run(args):
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
