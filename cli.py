@@ -28,8 +28,9 @@ POLICY_NAMES = (
     "scripted_wide",
     "scripted_reach",
     "scripted_high",
+    "scripted_correct",
 )
-EXPLORER_NAMES = ("random", "moves")  # == tuple(neverstop.envs.policies.EXPLORERS)
+EXPLORER_NAMES = ("random", "moves", "scripted")  # == tuple(neverstop.envs.policies.EXPLORERS)
 RENDERERS = ("tiny", "egl", "auto")
 ACTING = ("cem", "actor", "actor_cem")  # trainers.config.ACTING, without importing TensorFlow
 STRATEGIES = ("default", "mirrored", "multiworker")  # trainers.distribute.STRATEGIES, likewise
@@ -841,8 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="random",
         choices=EXPLORER_NAMES,
         help="the exploration action with --epsilon: random (uniform, closes a quarter of the "
-        "time; default) or moves (uniform moves that never close, so the policy alone "
-        "decides when to grasp)",
+        "time; default), moves (uniform moves that never close, so the policy alone "
+        "decides when to grasp) or scripted (the scripted grasper's step toward the object "
+        "nearest the tool; reads the simulator's state, so simulated collection only)",
     )
     p.add_argument(
         "--format",

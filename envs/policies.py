@@ -8,7 +8,7 @@ per-episode state also implement `reset(rng)`, called after env.reset().
 """
 
 import math
-from typing import Callable, Dict, Optional, Protocol, Tuple, runtime_checkable
+from typing import Callable, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -104,10 +104,14 @@ class ScriptedGrasper:
         xy_noise_range: Optional[Tuple[float, float]] = None,
         reach_range: Optional[Tuple[float, float]] = None,
         close_height_range: Optional[Tuple[float, float]] = None,
+        follow_nearest: bool = False,
+        approach_noise: float = 0.0,
+        approach_switch_range: Tuple[float, float] = (0.06, 0.20),
         name: str = "scripted",
     ):
         self.env = env
         self.name = name
+        self.follow_nearest = follow_nearest
         self.xy_noise = xy_noise
         self.xy_noise_range = xy_noise_range
         if reach_range is not None and not 0.0 < reach_range[0] <= reach_range[1]:
@@ -124,12 +128,22 @@ class ScriptedGrasper:
                 f" 0 <= low <= high, got {close_height_range}"
             )
         self.close_height_range = close_height_range
+        if approach_noise < 0 or not 0.0 < approach_switch_range[0] <= approach_switch_range[1]:
+            raise ValueError(
+                "approach_noise must be >= 0 and approach_switch_range (low, high) metres above"
+                f" the floor with 0 < low <= high, got {approach_noise}, {approach_switch_range}"
+            )
+        self.approach_noise = approach_noise
+        self.approach_switch_range = approach_switch_range
+        self._approach_offset = np.zeros(2)
+        self._switch_height = 0.0
         self._reach: Optional[float] = None
         self.height_noise = height_noise
         self.action_noise = action_noise
         self._goal: Optional[np.ndarray] = None
 
-    def reset(self, rng: np.random.Generator) -> None:
+    def _candidates(self) -> List[np.ndarray]:
+        """The objects' positions inside the workspace (all of them if none is)."""
         poses = self.env.object_poses()
         inside = [
             p
@@ -139,29 +153,51 @@ class ScriptedGrasper:
                 < grasp_env_lib.WORKSPACE_HALF_EXTENT
             )
         ]
-        candidates = inside or [p for p, _ in poses]
-        chosen = candidates[rng.integers(len(candidates))]
+        return inside or [p for p, _ in poses]
+
+    def _aim(self, chosen: np.ndarray) -> np.ndarray:
+        """The goal over `chosen` with this episode's aim and height noise."""
         goal = chosen.copy()
+        goal[:2] += self._xy_offset
+        goal[2] = max(grasp_env_lib.FLOOR_Z + 0.012, chosen[2] - 0.005 + self._z_offset)
+        if self._close_height is not None:
+            goal[2] = max(goal[2], grasp_env_lib.FLOOR_Z + self._close_height)
+        return goal
+
+    def reset(self, rng: np.random.Generator) -> None:
+        candidates = self._candidates()
+        chosen = candidates[rng.integers(len(candidates))]
         xy_noise = self.xy_noise
         if self.xy_noise_range is not None:
             xy_noise = float(rng.uniform(*self.xy_noise_range))
-        goal[:2] += rng.normal(0.0, xy_noise, 2)
-        goal[2] = max(
-            grasp_env_lib.FLOOR_Z + 0.012, chosen[2] - 0.005 + rng.normal(0.0, self.height_noise)
-        )
+        self._xy_offset = rng.normal(0.0, xy_noise, 2)
+        self._z_offset = rng.normal(0.0, self.height_noise)
+        self._close_height = None
         if self.close_height_range is not None:
-            goal[2] = max(goal[2], grasp_env_lib.FLOOR_Z + rng.uniform(*self.close_height_range))
-        self._goal = goal
+            self._close_height = rng.uniform(*self.close_height_range)
+        self._goal = self._aim(chosen)
         self._goal_yaw = rng.uniform(-math.pi / 2, math.pi / 2)
         if self.reach_range is not None:
             self._reach = float(rng.uniform(*self.reach_range))
+        if self.approach_noise > 0:
+            self._approach_offset = rng.normal(0.0, self.approach_noise, 2)
+            self._switch_height = float(rng.uniform(*self.approach_switch_range))
 
     def __call__(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
         if self._goal is None:
             self.reset(rng)
+        if self.follow_nearest:
+            tool = self.env.tcp_position()[:2]
+            candidates = self._candidates()
+            distances = [np.linalg.norm(p[:2] - tool) for p in candidates]
+            self._goal = self._aim(candidates[int(np.argmin(distances))])
         cfg = self.env.config
         tcp = self.env.tcp_position()
-        error = self._goal - tcp
+        goal = self._goal
+        if self.approach_noise > 0 and tcp[2] - grasp_env_lib.FLOOR_Z > self._switch_height:
+            goal = goal.copy()
+            goal[:2] += self._approach_offset
+        error = goal - tcp
         action = np.zeros(schema.ACTION_DIM, np.float32)
         lateral = float(np.linalg.norm(error[:2]))
         low = abs(error[2]) < 0.015
@@ -209,22 +245,34 @@ class ScorerPolicy:
         return candidates[int(np.argmax(scores))].astype(np.float32)
 
 
-# Exploration actions for EpsilonGreedy, by name.
-#   random  uniform moves, closing a quarter of the time (QT-Opt's random policy);
-#   moves   uniform moves that never close: the greedy policy alone decides
-#           when to grasp, so exploration varies where the gripper goes
-#           without ending most episodes early (docs/experiments.md).
-EXPLORERS: Dict[str, Callable[[], Policy]] = {
-    "random": RandomPolicy,
-    "moves": lambda: RandomPolicy(close_prob=0.0),
+# Exploration actions for EpsilonGreedy, by name; each is made from the env.
+#   random    uniform moves, closing a quarter of the time (QT-Opt's random policy);
+#   moves     uniform moves that never close: the greedy policy alone decides
+#             when to grasp, so exploration varies where the gripper goes
+#             without ending most episodes early (docs/experiments.md);
+#   scripted  the scripted grasper's step toward the object nearest the tool
+#             (privileged, so only where the simulator runs): on the states
+#             the greedy policy leads into, the step that corrects it, which
+#             a cloned actor never sees in the scripted grasper's own
+#             episodes (DAgger's mixing, docs/experiments.md).
+EXPLORERS: Dict[str, Callable[[Optional["grasp_env_lib.GraspEnv"]], Policy]] = {
+    "random": lambda env: RandomPolicy(),
+    "moves": lambda env: RandomPolicy(close_prob=0.0),
+    "scripted": lambda env: _scripted_explorer(env),
 }
 DEFAULT_EXPLORER = "random"
 
 
-def make_explorer(name: str) -> Policy:
+def _scripted_explorer(env: Optional["grasp_env_lib.GraspEnv"]) -> Policy:
+    if env is None:
+        raise ValueError("the 'scripted' explorer reads the simulator's state: it needs the env")
+    return ScriptedGrasper(env, follow_nearest=True)
+
+
+def make_explorer(name: str, env: Optional["grasp_env_lib.GraspEnv"] = None) -> Policy:
     if name not in EXPLORERS:
         raise ValueError(f"unknown explorer {name!r}; expected one of {', '.join(EXPLORERS)}")
-    return EXPLORERS[name]()
+    return EXPLORERS[name](env)
 
 
 def epsilon_label(name: str, epsilon: float, explore: str = DEFAULT_EXPLORER) -> str:
@@ -239,16 +287,22 @@ class EpsilonGreedy:
 
     How the study collects target data: the pre-trained policy plus
     exploration noise. The name records both, e.g. "qtopt:ckpt-7@eps=0.2".
-    `explore` is a policy or a name from EXPLORERS.
+    `explore` is a policy or a name from EXPLORERS (made from `env`).
     """
 
-    def __init__(self, greedy: Policy, epsilon: float, explore=DEFAULT_EXPLORER):
+    def __init__(
+        self,
+        greedy: Policy,
+        epsilon: float,
+        explore=DEFAULT_EXPLORER,
+        env: Optional["grasp_env_lib.GraspEnv"] = None,
+    ):
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.greedy = greedy
         self.epsilon = float(epsilon)
         explore_name = explore if isinstance(explore, str) else DEFAULT_EXPLORER
-        self.explore = make_explorer(explore) if isinstance(explore, str) else explore
+        self.explore = make_explorer(explore, env) if isinstance(explore, str) else explore
         self.name = epsilon_label(greedy.name, self.epsilon, explore_name)
 
     def reset(self, rng: np.random.Generator) -> None:
@@ -267,6 +321,7 @@ POLICY_NAMES = (
     "scripted_wide",
     "scripted_reach",
     "scripted_high",
+    "scripted_correct",
 )
 
 # scripted_wide: the scripted grasper with its aim's lateral noise (std, metres)
@@ -277,6 +332,11 @@ WIDE_XY_NOISE = (0.0, 0.04)
 # scripted_reach: how far short of its aim (metres) the scripted grasper stops
 # before its closing step, drawn per episode; that step's move is 0.8 x this.
 REACH_RANGE = (0.02, 0.06)
+# scripted_correct: the std (metres, per axis) of the offset of its first
+# move from its aim; it corrects below a height drawn from SWITCH_RANGE.
+# About the lateral error of a cloned actor's first move (docs/experiments.md).
+APPROACH_NOISE = 0.025
+APPROACH_SWITCH_RANGE = (0.06, 0.20)
 # scripted_high: the height above the tray's floor (metres) at which the
 # scripted grasper closes over its aim, drawn per episode. The tool starts
 # 25 cm up (START_HEIGHT); above a few cm nearly every closing fails.
@@ -305,12 +365,18 @@ def make_policy(
         "scripted_high": lambda: ScriptedGrasper(
             env, close_height_range=HIGH_CLOSE_RANGE, name="scripted_high"
         ),
+        "scripted_correct": lambda: ScriptedGrasper(
+            env,
+            approach_noise=APPROACH_NOISE,
+            approach_switch_range=APPROACH_SWITCH_RANGE,
+            name="scripted_correct",
+        ),
         "random_grasp": RandomGraspPolicy,
     }
     if name not in factories:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")
     policy = factories[name]()
-    return EpsilonGreedy(policy, epsilon, explore) if epsilon > 0 else policy
+    return EpsilonGreedy(policy, epsilon, explore, env) if epsilon > 0 else policy
 
 
 def run_episode(

@@ -141,18 +141,22 @@ class CheckpointPolicyFactory:
     def __call__(self, env, config):
         if self.threads:
             set_threads(self.threads)
-        return from_checkpoint(self.prefix, epsilon=self.epsilon, explore=self.explore)
+        return from_checkpoint(self.prefix, epsilon=self.epsilon, explore=self.explore, env=env)
 
 
 def from_checkpoint(
-    path: str, epsilon: float = 0.0, explore: str = "random", acting: Optional[str] = None
+    path: str,
+    epsilon: float = 0.0,
+    explore: str = "random",
+    acting: Optional[str] = None,
+    env=None,
 ):
     """A CEMPolicy named `qtopt:<run>/ckpt-<step>` (epsilon-greedy with the
-    `explore` action, envs.policies.EXPLORERS, when epsilon > 0). `acting`
-    None: the run's config.acting."""
+    `explore` action, envs.policies.EXPLORERS, made from `env`, when
+    epsilon > 0). `acting` None: the run's config.acting."""
     from neverstop.envs import policies
     from neverstop.trainers import checkpoints
 
     network, config, ref = checkpoints.load_network(path)
     policy = CEMPolicy(network, config.cem, name=f"qtopt:{ref.id}", acting=acting or config.acting)
-    return policies.EpsilonGreedy(policy, epsilon, explore) if epsilon > 0 else policy
+    return policies.EpsilonGreedy(policy, epsilon, explore, env) if epsilon > 0 else policy

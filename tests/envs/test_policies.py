@@ -56,13 +56,17 @@ def test_make_policy_builds_named_policies(env):
     high = policies.make_policy("scripted_high", env)
     assert high.name == "scripted_high"
     assert high.close_height_range == policies.HIGH_CLOSE_RANGE
+    correct = policies.make_policy("scripted_correct", env)
+    assert correct.name == "scripted_correct"
+    assert correct.approach_noise == policies.APPROACH_NOISE
+    assert correct.approach_switch_range == policies.APPROACH_SWITCH_RANGE
 
 
 def test_make_policy_rejects_unknown_names(env):
     with pytest.raises(
         ValueError,
         match="unknown policy 'nope'; expected one of random, scripted, random_grasp, "
-        "scripted_wide, scripted_reach, scripted_high",
+        "scripted_wide, scripted_reach, scripted_high, scripted_correct",
     ):
         policies.make_policy("nope", env)
 
@@ -161,6 +165,46 @@ def test_scripted_high_closes_over_its_aim_at_heights_spread_up_the_workspace(en
     assert np.median(low) < 0.04
     assert np.percentile(high, 75) > 0.1 and np.median(high) > np.median(low) + 0.04
     assert not succeeded[high > 0.08].any()
+
+
+def _lateral_misses(env, name, seeds):
+    """Per episode: how far (metres, in xy) the tool is from the grasper's aim after its
+    second move, and when it closes."""
+    after_two, closing = [], []
+    for seed in seeds:
+        policy = policies.make_policy(name, env)
+        observation = env.reset(seed)
+        rng = np.random.default_rng([seed, 1])
+        policies.reset_policy(policy, rng)
+        misses, done = [], False
+        while not done:
+            action = policy(observation, rng)
+            misses.append(float(np.linalg.norm(policy._goal[:2] - env.tcp_position()[:2])))
+            observation, _, done, _ = env.step(action)
+        after_two.append(misses[2])
+        closing.append(misses[-1])
+    return np.asarray(after_two), np.asarray(closing)
+
+
+def test_scripted_correct_aims_off_first_and_corrects_before_closing(env):
+    seeds = range(16)
+    direct_early, direct_close = _lateral_misses(env, "scripted", seeds)
+    correct_early, correct_close = _lateral_misses(env, "scripted_correct", seeds)
+    # Measured over these 16 seeds: after two moves scripted is a median 0.7 cm from its
+    # aim and scripted_correct 3.0 cm (its first waypoint is off by 2.5 cm per axis);
+    # both close a median 0.6-0.7 cm from it.
+    assert np.median(direct_early) < 0.015
+    assert np.median(correct_early) > np.median(direct_early) + 0.01
+    assert np.median(correct_close) < 0.015
+    assert np.median(correct_close) < np.median(correct_early) / 2
+
+
+@pytest.mark.parametrize(
+    "noise, switch", [(-0.01, (0.06, 0.2)), (0.02, (0.0, 0.1)), (0.02, (0.2, 0.1))]
+)
+def test_scripted_correct_rejects_a_negative_noise_or_a_bad_switch_range(env, noise, switch):
+    with pytest.raises(ValueError, match="approach_noise must be >= 0 and approach_switch_range"):
+        policies.ScriptedGrasper(env, approach_noise=noise, approach_switch_range=switch)
 
 
 @pytest.mark.parametrize("height_range", [(0.05, 0.01), (-0.01, 0.02)])
@@ -270,8 +314,54 @@ def test_moves_explorer_moves_uniformly_and_never_closes():
 
 
 def test_unknown_explorer_is_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="unknown explorer 'noise'; expected one of random, moves"):
+    with pytest.raises(
+        ValueError, match="unknown explorer 'noise'; expected one of random, moves, scripted"
+    ):
         policies.EpsilonGreedy(_Constant("greedy", 0.0), 0.1, explore="noise")
+
+
+def _nearest_object_distance(env) -> float:
+    tool = env.tcp_position()[:2]
+    return min(float(np.linalg.norm(pose[:2] - tool)) for pose, _ in env.object_poses())
+
+
+def test_scripted_explorer_leads_back_to_an_object_from_where_another_policy_left_the_tool(env):
+    # The greedy policy drives the tool 8 cm into a corner of the workspace on
+    # the first two steps; from there the explorer alone acts (epsilon 1).
+    away = np.array([0.8, 0.8, -0.2, 0.0, -1.0], np.float32)
+    left, closed = [], []
+    for seed in range(12):
+        env.reset(seed)
+        explorer = policies.make_explorer("scripted", env)
+        rng = np.random.default_rng([seed, 1])
+        policies.reset_policy(explorer, rng)
+        for _ in range(2):
+            observation, _, _, _ = env.step(away)
+        left.append(_nearest_object_distance(env))
+        done = False
+        while not done:
+            action = explorer(observation, rng)
+            before = _nearest_object_distance(env)
+            observation, _, done, _ = env.step(action)
+        closed.append(before)
+    # Measured over these 12 seeds: the corner leaves the tool a median 6.2 cm
+    # from the nearest object's centre; the explorer closes a median 2.2 cm
+    # from one (its aim noise is the scripted grasper's, 1.5 cm per axis).
+    assert np.median(left) > 0.045, left
+    assert np.median(closed) < 0.03, closed
+    assert np.median(closed) < np.median(left) / 2
+
+
+def test_scripted_explorer_needs_the_env():
+    with pytest.raises(ValueError, match="the 'scripted' explorer reads the simulator's state"):
+        policies.EpsilonGreedy(_Constant("greedy", 0.0), 0.3, explore="scripted")
+
+
+def test_make_policy_with_the_scripted_explorer_names_it(env):
+    policy = policies.make_policy("random", env, epsilon=0.3, explore="scripted")
+    assert policy.name == "random@eps=0.3+scripted"
+    assert isinstance(policy.explore, policies.ScriptedGrasper)
+    assert policy.explore.follow_nearest
 
 
 def test_epsilon_greedy_name_and_reset():
