@@ -245,6 +245,12 @@ class ScorerPolicy:
         return candidates[int(np.argmax(scores))].astype(np.float32)
 
 
+def _scripted_explorer(env: Optional["grasp_env_lib.GraspEnv"]) -> Policy:
+    if env is None:
+        raise ValueError("the 'scripted' explorer reads the simulator's state: it needs the env")
+    return ScriptedGrasper(env, follow_nearest=True)
+
+
 # Exploration actions for EpsilonGreedy, by name; each is made from the env.
 #   random    uniform moves, closing a quarter of the time (QT-Opt's random policy);
 #   moves     uniform moves that never close: the greedy policy alone decides
@@ -258,15 +264,9 @@ class ScorerPolicy:
 EXPLORERS: Dict[str, Callable[[Optional["grasp_env_lib.GraspEnv"]], Policy]] = {
     "random": lambda env: RandomPolicy(),
     "moves": lambda env: RandomPolicy(close_prob=0.0),
-    "scripted": lambda env: _scripted_explorer(env),
+    "scripted": _scripted_explorer,
 }
 DEFAULT_EXPLORER = "random"
-
-
-def _scripted_explorer(env: Optional["grasp_env_lib.GraspEnv"]) -> Policy:
-    if env is None:
-        raise ValueError("the 'scripted' explorer reads the simulator's state: it needs the env")
-    return ScriptedGrasper(env, follow_nearest=True)
 
 
 def make_explorer(name: str, env: Optional["grasp_env_lib.GraspEnv"] = None) -> Policy:

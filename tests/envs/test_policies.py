@@ -136,21 +136,36 @@ def test_scripted_reach_rejects_a_reach_range_that_is_not_positive_and_ordered(e
         policies.ScriptedGrasper(env, reach_range=reach_range)
 
 
+def _probed_steps(env, policy, observation, rng, probe):
+    """Steps `policy` from `observation` to the episode's end. Returns its actions, what
+    `probe()` read after each action was chosen and before it was stepped, and the last
+    step's info."""
+    actions, probes, done, info = [], [], False, {}
+    while not done:
+        actions.append(policy(observation, rng))
+        probes.append(probe())
+        observation, _, done, info = env.step(actions[-1])
+    return actions, probes, info
+
+
+def _probed_episode(env, name, seed, probe):
+    """One seeded episode of the named policy (its rng as run_episode's), probed."""
+    policy = policies.make_policy(name, env)
+    observation = env.reset(seed)
+    rng = np.random.default_rng([seed, 1])
+    policies.reset_policy(policy, rng)
+    return _probed_steps(env, policy, observation, rng, lambda: probe(policy))
+
+
 def _closing_heights(env, name, seeds):
     """Per episode: the height above the floor the tool closed at (where it was before the
     closing step plus that step's descent; the lift raises it after), and success."""
     heights, successes = [], []
     for seed in seeds:
-        policy = policies.make_policy(name, env)
-        observation = env.reset(seed)
-        rng = np.random.default_rng([seed, 1])
-        policies.reset_policy(policy, rng)
-        done = False
-        while not done:
-            action = policy(observation, rng)
-            before = env.tcp_position()[2]
-            observation, reward, done, info = env.step(action)
-        aimed = before + action[2] * env.config.translation_scale
+        actions, before, info = _probed_episode(
+            env, name, seed, lambda policy: env.tcp_position()[2]
+        )
+        aimed = before[-1] + actions[-1][2] * env.config.translation_scale
         heights.append(max(aimed - grasp_env.FLOOR_Z, 0.0))
         successes.append(bool(info["success"]))
     return np.asarray(heights), np.asarray(successes)
@@ -172,15 +187,12 @@ def _lateral_misses(env, name, seeds):
     second move, and when it closes."""
     after_two, closing = [], []
     for seed in seeds:
-        policy = policies.make_policy(name, env)
-        observation = env.reset(seed)
-        rng = np.random.default_rng([seed, 1])
-        policies.reset_policy(policy, rng)
-        misses, done = [], False
-        while not done:
-            action = policy(observation, rng)
-            misses.append(float(np.linalg.norm(policy._goal[:2] - env.tcp_position()[:2])))
-            observation, _, done, _ = env.step(action)
+        _, misses, _ = _probed_episode(
+            env,
+            name,
+            seed,
+            lambda policy: float(np.linalg.norm(policy._goal[:2] - env.tcp_position()[:2])),
+        )
         after_two.append(misses[2])
         closing.append(misses[-1])
     return np.asarray(after_two), np.asarray(closing)
@@ -338,12 +350,10 @@ def test_scripted_explorer_leads_back_to_an_object_from_where_another_policy_lef
         for _ in range(2):
             observation, _, _, _ = env.step(away)
         left.append(_nearest_object_distance(env))
-        done = False
-        while not done:
-            action = explorer(observation, rng)
-            before = _nearest_object_distance(env)
-            observation, _, done, _ = env.step(action)
-        closed.append(before)
+        _, before, _ = _probed_steps(
+            env, explorer, observation, rng, lambda: _nearest_object_distance(env)
+        )
+        closed.append(before[-1])
     # Measured over these 12 seeds: the corner leaves the tool a median 6.2 cm
     # from the nearest object's centre; the explorer closes a median 2.2 cm
     # from one (its aim noise is the scripted grasper's, 1.5 cm per axis).
