@@ -706,7 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "quickstart",
-        help="the paper's chain, tiny: collect, pre-train, fine-tune, evaluate (~5 min)",
+        help="the paper's chain, tiny: collect, pre-train, fine-tune, evaluate "
+        "(2-8 min on 2 quiet cores)",
         description="A tiny instance of `neverstop experiment paper`: 300 base episodes "
         "(scripted and random, Beam collector), ingested as an RLDS dataset; a short QT-Opt "
         "pre-training; 100 checkerboard grasps collected by the base policy with exploration "
