@@ -16,6 +16,9 @@ FLOPs counted from the network's layers:
 with T and H the tower's and the head's forward FLOPs per example (convs
 and dense layers only: activations, pooling and the optimizer are not
 counted, so the figure is a lower bound of the work done).
+
+Peer of the trainer's own step: the first merge's step compiled with XLA
+(`jit_compile=True`), as a ratio of steps/s against the same step without.
 """
 
 import time
@@ -89,21 +92,37 @@ def synthetic_batch(config: TrainConfig, seed: int = 0) -> Dict:
     }
 
 
-def trainer_steps_per_s(config: TrainConfig, steps: int = 40, warmup: int = 5) -> float:
+def compiled_step(learner, jit_compile: bool):
+    """`learner.train_step`, traced anew with XLA on or off (the trainer's is
+    off: "Speed on this machine" in docs/trainer.md). The same update, but
+    under XLA the random draws (CEM's samples) come from another RNG
+    algorithm, so the two agree only where no draw enters."""
+    if not jit_compile:
+        return learner.train_step
+    step = type(learner).train_step.python_function
+    return tf.function(lambda batch: step(learner, batch), jit_compile=True)
+
+
+def trainer_steps_per_s(
+    config: TrainConfig, steps: int = 40, warmup: int = 5, jit_compile: bool = False
+) -> float:
     from neverstop.trainers.qtopt import QTOpt
 
     learner = QTOpt(config)
+    train_step = compiled_step(learner, jit_compile)
     batch = synthetic_batch(config)
     for _ in range(warmup):
-        learner.train_step(batch)["loss"].numpy()
+        train_step(batch)["loss"].numpy()
     start = time.perf_counter()
     for _ in range(steps):
-        out = learner.train_step(batch)
+        out = train_step(batch)
     out["loss"].numpy()
     return steps / (time.perf_counter() - start)
 
 
-def run(steps: int = 40, merges=("late", "qtopt"), print_fn=print) -> Dict[str, float]:
+def run(
+    steps: int = 40, merges=("late", "qtopt"), print_fn=print, xla: bool = True
+) -> Dict[str, float]:
     peak = matmul_flops_per_s()
     print_fn(f"matmul peak (2048x2048 float32): {peak / 1e9:.1f} GFLOP/s")
     results = {"peak": peak}
@@ -119,5 +138,13 @@ def run(steps: int = 40, merges=("late", "qtopt"), print_fn=print) -> Dict[str, 
             f"{flops['per_step'] / 1e9:.2f} GFLOP/step (tower {flops['tower'] / 1e6:.1f} "
             f"MFLOP, head {flops['head'] / 1e6:.2f} MFLOP, CEM {flops['cem'] / 1e6:.1f} MFLOP "
             f"per example), {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of peak"
+        )
+    if xla and merges:
+        merge = merges[0]
+        rate = trainer_steps_per_s(TrainConfig(merge=merge), steps, jit_compile=True)
+        results["xla_ratio"] = rate / results[f"{merge}_steps_per_s"]
+        print_fn(
+            f"{merge:>5} merge with XLA (jit_compile=True): {rate:6.2f} steps/s = "
+            f"{results['xla_ratio']:.2f}x the same step without"
         )
     return results

@@ -401,6 +401,30 @@ def test_bench_train_counts_flops_from_the_layers():
     assert flops["per_step"] == 4 * per_example
 
 
+def test_the_bench_compiles_the_same_step_with_xla():
+    """`neverstop bench train`'s XLA line times the trainer's own update.
+    From the same weights and RNG state both give the same values where no
+    random draw enters (Q of the batch, the actor's loss); CEM's draws come
+    from XLA's own RNG algorithm, so the targets differ by their sampling."""
+    from neverstop.benchmarks import train_bench
+
+    config = tiny_config(actor=True, acting="actor_cem", conservative_weight=0.3)
+    batch = train_bench.synthetic_batch(config)
+    results = []
+    for jit_compile in (False, True):
+        tf.keras.utils.set_random_seed(3)
+        learner = qtopt.QTOpt(config)
+        out = train_bench.compiled_step(learner, jit_compile)(batch)
+        results.append(({k: float(v) for k, v in out.items()}, int(learner.step)))
+    (plain, plain_step), (xla, xla_step) = results
+    assert plain_step == xla_step == 1
+    assert sorted(plain) == sorted(xla) == sorted(learner.metric_keys + ("finite",))
+    for key in ("mean_q", "actor_loss"):
+        np.testing.assert_allclose(xla[key], plain[key], rtol=1e-4)
+    assert abs(xla["target_q"] - plain["target_q"]) < 0.05
+    assert xla["finite"] == plain["finite"] == 1.0
+
+
 def test_a_finetune_killed_before_its_first_checkpoint_restarts_from_its_parent(
     base_run, data_dir, tmp_path
 ):
