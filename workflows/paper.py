@@ -664,6 +664,16 @@ def saved_scale(run_dir: str) -> Optional[dict]:
     return saved
 
 
+class ScaleMismatchError(ValueError):
+    """A run dir made with other scale settings: `path` (its experiment.json)
+    and `differences` ("key: X there, Y now", the first four)."""
+
+    def __init__(self, message: str, path: str, differences: str):
+        super().__init__(message)
+        self.path = path
+        self.differences = differences
+
+
 def check_run_dir(run_dir: str, scale: Scale) -> None:
     """Writes DIR/experiment.json, or refuses a run dir made with another scale."""
     path = os.path.join(run_dir, EXPERIMENT_FILE)
@@ -678,10 +688,12 @@ def check_run_dir(run_dir: str, scale: Scale) -> None:
             shown = "; ".join(
                 f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differs[:4]
             )
-            raise ValueError(
+            raise ScaleMismatchError(
                 f"{path}: this run dir was made with scale {saved.get('name')!r} and differs "
                 f"from scale {scale.name!r} ({shown}); use a new --run-dir, or the same scale "
-                "to resume"
+                "to resume",
+                path,
+                shown,
             )
         return
     os.makedirs(run_dir, exist_ok=True)

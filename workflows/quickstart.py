@@ -35,5 +35,17 @@ def run(
     config: QuickstartConfig = QuickstartConfig(),
     progress: Optional[Callable[[dict], None]] = None,
 ) -> str:
-    """Runs (or resumes) the quickstart; returns the path of its report (README.md)."""
-    return paper.run(config.scale, run_dir(config), workers=config.workers, progress=progress)
+    """Runs (or resumes) the quickstart; returns the path of its report (README.md).
+
+    Raises:
+        ValueError: DATA_DIR/quickstart was made by a quickstart with other
+            settings (an older neverstop's): nothing there is touched.
+    """
+    try:
+        return paper.run(config.scale, run_dir(config), workers=config.workers, progress=progress)
+    except paper.ScaleMismatchError as error:
+        raise ValueError(
+            f"{error.path}: this quickstart was run with other settings ({error.differences}), "
+            "e.g. by an older neverstop, and is kept as it is; use another --data-dir, or "
+            f"delete {run_dir(config)} to run the quickstart afresh"
+        ) from None

@@ -93,6 +93,23 @@ def test_a_second_run_returns_at_once(run):
     assert dag.read_step_log(os.path.join(data_dir, "quickstart"))[-1]["event"] == "skip"
 
 
+def test_a_quickstart_made_with_other_settings_is_refused_and_kept(run):
+    """An older neverstop's quickstart dir (other step counts): a clear error
+    naming the file, what differs and what to do; nothing there is touched."""
+    data_dir, readme, _ = run
+    path = os.path.join(data_dir, "quickstart", paper.EXPERIMENT_FILE)
+    before = {p: os.path.getmtime(p) for p in (path, readme)}
+    changed = dataclasses.replace(TINY, finetune_steps=11)
+    with pytest.raises(ValueError) as raised:
+        quickstart.run(quickstart.QuickstartConfig(data_dir=data_dir, scale=changed))
+    message = str(raised.value)
+    assert message.startswith(f"{path}: this quickstart was run with other settings")
+    assert "finetune_steps: 10 there, 11 now" in message
+    assert "use another --data-dir, or delete" in message and "--run-dir" not in message
+    assert {p: os.path.getmtime(p) for p in before} == before
+    assert paper.saved_scale(os.path.join(data_dir, "quickstart"))["finetune_steps"] == 10
+
+
 def test_readme_first_lines_are_the_quickstart_and_the_tests():
     with open(os.path.join(REPO, "README.md")) as f:
         lines = f.read().splitlines()
