@@ -120,9 +120,7 @@ def trainer_steps_per_s(
     return steps / (time.perf_counter() - start)
 
 
-def run(
-    steps: int = 40, merges=("late", "qtopt"), print_fn=print, xla: bool = True
-) -> Dict[str, float]:
+def run(steps: int = 40, merges=("late", "qtopt"), print_fn=print) -> Dict[str, float]:
     peak = matmul_flops_per_s()
     print_fn(f"matmul peak (2048x2048 float32): {peak / 1e9:.1f} GFLOP/s")
     results = {"peak": peak}
@@ -139,12 +137,11 @@ def run(
             f"MFLOP, head {flops['head'] / 1e6:.2f} MFLOP, CEM {flops['cem'] / 1e6:.1f} MFLOP "
             f"per example), {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of peak"
         )
-    if xla and merges:
-        merge = merges[0]
-        rate = trainer_steps_per_s(TrainConfig(merge=merge), steps, jit_compile=True)
-        results["xla_ratio"] = rate / results[f"{merge}_steps_per_s"]
-        print_fn(
-            f"{merge:>5} merge with XLA (jit_compile=True): {rate:6.2f} steps/s = "
-            f"{results['xla_ratio']:.2f}x the same step without"
-        )
+    merge = merges[0]
+    rate = trainer_steps_per_s(TrainConfig(merge=merge), steps, jit_compile=True)
+    results["xla_ratio"] = rate / results[f"{merge}_steps_per_s"]
+    print_fn(
+        f"{merge:>5} merge with XLA (jit_compile=True): {rate:6.2f} steps/s = "
+        f"{results['xla_ratio']:.2f}x the same step without"
+    )
     return results

@@ -41,11 +41,12 @@ def run(
         ValueError: DATA_DIR/quickstart was made by a quickstart with other
             settings (an older neverstop's): nothing there is touched.
     """
+    directory = run_dir(config)
     try:
-        return paper.run(config.scale, run_dir(config), workers=config.workers, progress=progress)
+        return paper.run(config.scale, directory, workers=config.workers, progress=progress)
     except paper.ScaleMismatchError as error:
         raise ValueError(
             f"{error.path}: this quickstart was run with other settings ({error.differences}), "
             "e.g. by an older neverstop, and is kept as it is; use another --data-dir, or "
-            f"delete {run_dir(config)} to run the quickstart afresh"
+            f"delete {directory} to run the quickstart afresh"
         ) from None
