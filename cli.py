@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "quickstart",
         help="the paper's chain, tiny: collect, pre-train, fine-tune, evaluate "
-        "(2-8 min on 2 quiet cores)",
+        "(2-6 min on 2 quiet cores)",
         description="A tiny instance of `neverstop experiment paper`: 300 base episodes "
         "(scripted and random, Beam collector), ingested as an RLDS dataset; a short QT-Opt "
         "pre-training; 100 checkerboard grasps collected by the base policy with exploration "
@@ -737,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parallel (--workers). Each finished step leaves RUN_DIR/.done/STEP.json: running "
         "the same command again skips those and finishes the rest, however the last run "
         "ended. Scales: smoke (every step on a handful of episodes, minutes; numbers are "
-        "noise), small (about 2-3 hours here), full (the study's sizes; many hours, see "
+        "noise), small (66-97 minutes on 2 AVX-512 cores, about 2.5-4 hours projected on 2 AVX2 cores), full (the study's sizes; many hours, see "
         "docs/experiments.md).",
         epilog="example: neverstop experiment paper --scale small --run-dir runs/paper-small; "
         "while it runs (or after it stopped), the tables so far: neverstop experiment paper "
@@ -787,8 +787,15 @@ def build_parser() -> argparse.ArgumentParser:
         "SEED..SEED+N-1, on held-out objects by default.",
     )
     env_flags(p)
-    p.add_argument("--policy", default="scripted", choices=POLICY_NAMES)
-    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument(
+        "--policy",
+        default="scripted",
+        choices=POLICY_NAMES,
+        help="which named policy acts (default: %(default)s; docs/envs.md describes each)",
+    )
+    p.add_argument(
+        "--episodes", type=int, default=200, help="how many episodes (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="first episode seed (default: 0)")
     p.add_argument("--json", help="also write the result as JSON here")
     p.set_defaults(fn=_cmd_rollout)
@@ -853,7 +860,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("nsep", "rosbag"),
         help="nsep: neverstop episode files (default); rosbag: one ROS 2 bag each",
     )
-    p.add_argument("--image-encoding", default="png", choices=schema.IMAGE_ENCODINGS)
+    p.add_argument(
+        "--image-encoding",
+        default="png",
+        choices=schema.IMAGE_ENCODINGS,
+        help="how camera frames are stored in the raw files: png (lossless; default) or "
+        "jpeg (smaller, lossy)",
+    )
     p.add_argument("--runner", help="Beam runner (default: local FnApiRunner)")
     p.set_defaults(fn=_cmd_collect, beam_args=[])
 
@@ -886,7 +899,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="TFDS data dir to publish into")
     p.add_argument("--version", default="1.0.0", help="X.Y.Z (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes (default: 2)")
-    p.add_argument("--episodes-per-shard", type=int, default=500)
+    p.add_argument(
+        "--episodes-per-shard",
+        type=int,
+        default=500,
+        help="episodes per TFRecord shard of the published dataset (default: %(default)s)",
+    )
     p.add_argument("--runner", help="Beam runner (default: local FnApiRunner)")
     p.set_defaults(fn=_cmd_ingest, beam_args=[])
 
@@ -894,11 +912,11 @@ def build_parser() -> argparse.ArgumentParser:
         "datasets",
         help="list the datasets in a data dir, or show one's card",
         description="list: every published name/config:version with sizes and success rates; "
-        "show NAME[/CONFIG[:VERSION]]: the card (statistics, policies, release notes).",
+        "show NAME/CONFIG[:VERSION]: the card (statistics, policies, release notes).",
     )
     p.add_argument("action", choices=("list", "show"))
     p.add_argument("name", nargs="?", help="for show: name/config or name/config:version")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", required=True, help="the TFDS data dir to read")
     p.set_defaults(fn=_cmd_datasets)
 
     p = sub.add_parser(
@@ -913,10 +931,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=("inspect",))
     p.add_argument("mixture", help="YAML file or dataset:split:weight[,...]")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--png", default="mix_inspect.png", help="where to write the image grid")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", required=True, help="the TFDS data dir holding the datasets")
+    p.add_argument(
+        "--png", default="mix_inspect.png", help="where to write the image grid (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="the batch to draw (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="the stream's sampling seed (default: %(default)s)"
+    )
     p.add_argument("--no-augment", action="store_true", help="show images without augmentation")
     p.set_defaults(fn=_cmd_mix)
 
@@ -928,7 +952,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="directory of .nsep episode files")
     p.add_argument("--out", required=True, help="directory for the bags")
-    p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+    p.add_argument(
+        "--storage",
+        default="mcap",
+        choices=("mcap", "sqlite3"),
+        help="the bags' storage plugin (default: %(default)s)",
+    )
     p.set_defaults(fn=_cmd_export_bag)
 
     p = sub.add_parser(
@@ -952,8 +981,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--episodes", type=int, help="episodes per side (train: timed steps per merge, default 40)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--renderer", default="tiny", choices=RENDERERS)
+    p.add_argument(
+        "--seed", type=int, default=0, help="env, collect: the episodes' base seed (default: %(default)s)"
+    )
+    p.add_argument(
+        "--renderer",
+        default="tiny",
+        choices=RENDERERS,
+        help="env: our env's renderer (default: %(default)s)",
+    )
     p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser(
@@ -970,7 +1006,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir runs/checkerboard",
     )
     p.add_argument(
-        "--mode", default="pretrain", choices=("pretrain", "finetune", "scratch", "imagenet")
+        "--mode",
+        default="pretrain",
+        choices=("pretrain", "finetune", "scratch", "imagenet"),
+        help="how the network starts and at what rate it learns (default: %(default)s)",
     )
     p.add_argument(
         "--mixture",
@@ -990,10 +1029,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", choices=("late", "qtopt"), help="where state+action join (default late)"
     )
     p.add_argument("--steps", type=int, help="train up to this step (default 20000)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="transitions per step (default 64)")
     p.add_argument("--learning-rate", type=float, help="pre-training rate (finetune x0.25)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument(
+        "--seed", type=int, help="seed of the initial weights, the stream and CEM (default 0)"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, help="steps between checkpoints (default 1000)"
+    )
     p.add_argument("--no-augment", action="store_true", help="train on unaugmented images")
     p.add_argument(
         "--actor",
@@ -1037,14 +1080,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a run dir (newest checkpoint) or prefix")
     env_flags(p)
-    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument(
+        "--episodes", type=int, default=100, help="how many episodes (default: %(default)s)"
+    )
     p.add_argument(
         "--workers",
         type=int,
         default=2,
         help="processes (default 2; 0 runs the episodes in this process)",
     )
-    p.add_argument("--seed", type=int, default=1_000_000, help="base seed of the episodes")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1_000_000,
+        help="the first episode's seed (default: %(default)s, the workflows' too)",
+    )
     p.add_argument("--out", help="write the JSON result here")
     acting_flag(p)
     p.set_defaults(fn=_cmd_eval)
@@ -1087,15 +1137,29 @@ def build_parser() -> argparse.ArgumentParser:
         "this stand-in, and so does the lineage of runs that use it.",
     )
     p.add_argument("--out", required=True, help="weights file to write (.npz)")
-    p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--images", type=int, default=2000, help="frames to render (default: %(default)s)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=10, help="passes over them (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the scenes and weights (default: %(default)s)"
+    )
     p.add_argument("--config", help="JSON TrainConfig (the tower must match the runs using it)")
-    p.add_argument("--merge", choices=("late", "qtopt"))
+    p.add_argument(
+        "--merge",
+        choices=("late", "qtopt"),
+        help="the network whose tower to train; must match the runs using it (default late)",
+    )
     p.set_defaults(fn=_cmd_pretrain_vision)
 
     p = sub.add_parser("tasks", help="list the six tasks and what each changes")
     p.set_defaults(fn=_cmd_tasks)
+    for p in sub.choices.values():
+        # main()'s own checks report through the command's parser, so every
+        # error reads `neverstop COMMAND: error: ...` with that command's usage.
+        p.set_defaults(command_parser=p)
     return parser
 
 
@@ -1108,7 +1172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         if args.command not in BEAM_COMMANDS:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.beam_args = extra
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -1118,7 +1182,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Beam relays its local workers' log lines as warnings; errors still show.
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
     if getattr(args, "action", None) == "show" and not args.name:
-        parser.error("datasets show needs a NAME (name/config or name/config:version)")
+        args.command_parser.error(
+            "datasets show needs a NAME (name/config or name/config:version)"
+        )
     try:
         return args.fn(args)
     except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
