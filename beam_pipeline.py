@@ -25,6 +25,7 @@ def pipeline_options(
     if running_mode not in RUNNING_MODES:
         raise ValueError(f"unknown running mode {running_mode!r}; expected one of {RUNNING_MODES}")
     options = po.PipelineOptions(list(beam_args))
+    check_known(options)
     if options.view_as(po.StandardOptions).runner in LOCAL_RUNNERS:
         direct = options.view_as(po.DirectOptions)
         direct.direct_num_workers = workers
@@ -38,6 +39,20 @@ def pipeline_options(
     # (pip install -e .), which the Makefile does. Main-session pickling
     # would drag the CLI's globals along, so leave it off.
     return options
+
+
+def check_known(options) -> None:
+    """Refuses flags Beam does not know. Beam itself drops them with a log
+    line, so a typo (`--verison 2.0.0`, `--epislon 0.2`) would run the job
+    with the default instead of what was meant."""
+    known = options.get_all_options()
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(known))
+    if unknown:
+        flags = ", ".join(f"--{name}" for name in unknown)
+        raise ValueError(
+            f"unknown option {flags}: neither this command nor Beam's pipeline options "
+            "define it (flags the command does not know are handed to Beam); nothing was run"
+        )
 
 
 def make_pipeline(options):

@@ -16,6 +16,7 @@ from typing import List, Optional
 # not the user's business; set before any command imports TensorFlow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from neverstop import jsonfile  # noqa: E402
 from neverstop import schema  # noqa: E402
 from neverstop.version import __version__  # noqa: E402
 
@@ -117,6 +118,8 @@ def _cmd_rollout(args) -> int:
     from neverstop.envs import grasp_env, rollout
 
     config = grasp_env.EnvConfig(renderer=args.renderer)
+    if args.json:
+        jsonfile.check_writable(args.json)  # before the episodes, not after
     with _success_bar(args.episodes, f"{args.policy} on {args.task}") as tick:
         result = rollout.rollout(
             args.task,
@@ -136,8 +139,7 @@ def _cmd_rollout(args) -> int:
         f"{result.steps / result.episodes:.1f} steps/episode"
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.as_dict(), f, indent=2)
+        jsonfile.write_atomic(args.json, result.as_dict())
         print(f"wrote {args.json}")
     return 0
 
@@ -147,7 +149,9 @@ BENCH_EPISODES = {"env": 30, "collect": 600, "ingest": 20000, "mix": 2000, "trai
 
 
 def _cmd_bench(args) -> int:
-    episodes = args.episodes or BENCH_EPISODES[args.stage]
+    episodes = BENCH_EPISODES[args.stage] if args.episodes is None else args.episodes
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if args.stage == "env":
         from neverstop.benchmarks import env_bench
 
@@ -250,9 +254,10 @@ def _train_config(args):
     from neverstop.trainers.config import TrainConfig
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    if args.merge:
+        config = config.with_merge(args.merge)
     changes = {"mode": args.mode}
     for flag, field in (
-        ("merge", "merge"),
         ("steps", "steps"),
         ("batch_size", "batch_size"),
         ("learning_rate", "learning_rate"),
@@ -304,6 +309,8 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from neverstop.trainers import evaluate
 
+    if args.out:
+        jsonfile.check_writable(args.out)  # before the episodes, not after
     with _success_bar(args.episodes, f"eval {args.task}") as tick:
         result = evaluate.evaluate(
             args.checkpoint,
@@ -368,7 +375,7 @@ def _cmd_pretrain_vision(args) -> int:
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     if args.merge:
-        config = config.replace(merge=args.merge)
+        config = config.with_merge(args.merge)
     meta = vision.pretrain(config, args.out, images=args.images, epochs=args.epochs, seed=args.seed)
     print(
         f"wrote {args.out}: {meta['description']}; validation loss "
@@ -378,13 +385,24 @@ def _cmd_pretrain_vision(args) -> int:
 
 
 def _beam_args(args) -> List[str]:
-    """--runner plus every flag the parser did not know: Beam's pipeline options."""
-    return (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
+    """--runner plus every flag the parser did not know: Beam's pipeline
+    options, checked before any work starts (a typo is an error, not a
+    default)."""
+    from apache_beam.options import pipeline_options as po
+
+    from neverstop import beam_pipeline
+
+    flags = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
+    beam_pipeline.check_known(po.PipelineOptions(flags))
+    return flags
 
 
 def _cmd_collect(args) -> int:
     from neverstop.envs import collect
 
+    beam_args = _beam_args(args)  # first: a mistyped flag must not create --out
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: in this process), got {args.workers}")
     factory = collect.named_policy
     policy = args.policy or "scripted"
     # --workers 0: Beam's in-memory runner in this process, as the workflows
@@ -416,7 +434,6 @@ def _cmd_collect(args) -> int:
     )
     # Fail fast, before the bar and the workers.
     collect.validate_config(config, named_policy=factory is collect.named_policy)
-    beam_args = _beam_args(args)
     log_path = None if args.verbose else os.path.join(args.out, "_logs", "collect.log")
     with _worker_output_to(log_path) as terminal:
         desc = f"collect {args.task}/{policy}"
@@ -455,8 +472,16 @@ def _cmd_export_bag(args) -> int:
     files = rawlog.list_episode_files(args.input)
     if not files:
         raise ValueError(f"no {rawlog.EXTENSION} episode files in {args.input!r}")
-    written = rosbag_export.export_directory(args.input, args.out, storage=args.storage)
+    skipped = []
+    written = rosbag_export.export_directory(
+        args.input, args.out, storage=args.storage, skipped=skipped
+    )
     print(f"wrote {len(written)} bags ({args.storage}) to {args.out}")
+    if skipped:
+        print(f"skipped {len(skipped)} files that are not valid episodes:", file=sys.stderr)
+        for _, reason in skipped:
+            print(f"  {reason}", file=sys.stderr)  # each reason starts with its file
+        return 1
     return 0
 
 
@@ -486,6 +511,11 @@ def _cmd_ingest(args) -> int:
         f"{stats.steps} steps, success {stats.success_rate:.1%}, {summary.num_shards} shards, "
         f"{summary.seconds:.1f} s"
     )
+    if summary.replaced:
+        print(
+            f"this replaced the {summary.dataset} published there before (to keep both, "
+            "give --version another number)"
+        )
     if summary.dead_letters:
         reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted(summary.reasons.items()))
         print(
@@ -508,6 +538,9 @@ def _cmd_mix(args) -> int:
     from neverstop.datasets import stream
 
     mixture = mixture_lib.Mixture.load(args.mixture)
+    if not args.png.lower().endswith(".png"):
+        raise ValueError(f"--png {args.png!r}: the image grid is written as a .png file")
+    jsonfile.check_writable(args.png)
     report = stream.inspect(mixture, args.data_dir, args.png, _stream_config(args))
     print(f"mixture: {mixture}")
     for s in report["sources"]:
@@ -537,12 +570,13 @@ def _cmd_mix(args) -> int:
 def _cmd_datasets(args) -> int:
     from neverstop.datasets import catalog
 
+    broken = []
     cards = (
         [catalog.show(args.data_dir, args.name)]
         if args.action == "show"
-        else catalog.list_datasets(args.data_dir)
+        else catalog.list_datasets(args.data_dir, broken)
     )
-    if not cards:
+    if not cards and not broken:
         print(f"no datasets in {args.data_dir}")
     for card in cards:
         stats = card["statistics"]
@@ -551,10 +585,12 @@ def _cmd_datasets(args) -> int:
             f"({s['bytes'] / 1e6:.1f} MB)"
             for name, s in card["splits"].items()
         )
-        print(
-            f"{card['id']}  [{splits}]  success {stats.get('success_rate', 0):.1%}  "
-            f"steps {stats.get('steps', 0)}  dead letters {card['dead_letters']}"
+        numbers = (
+            f"success {stats.get('success_rate', 0):.1%}  steps {stats.get('steps', 0)}"
+            if stats
+            else "no statistics (metadata.json missing)"
         )
+        print(f"{card['id']}  [{splits}]  {numbers}  dead letters {card['dead_letters']}")
         if args.action == "show":
             print(f"  path: {card['path']}")
             print(
@@ -563,7 +599,9 @@ def _cmd_datasets(args) -> int:
             )
             print(f"  release notes: {card['release_notes']}")
             print("  " + card["description"].strip().replace("\n", "\n  "))
-    return 0
+    for dataset_id, reason in broken:
+        print(f"{dataset_id}: cannot read its card: {reason}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 class _StepPrinter:
@@ -1187,7 +1225,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     try:
         return args.fn(args)
-    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
+        # OSError: a path that is a directory, a file, unwritable or missing;
+        # its message names the path.
         print(f"neverstop {args.command}: error: {e}", file=sys.stderr)
         return 2
 

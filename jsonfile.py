@@ -15,8 +15,23 @@ def read(path: str) -> Any:
     with open(path) as f:
         try:
             return json.load(f)
-        except json.JSONDecodeError as e:
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_writable(path: str) -> None:
+    """Raises ValueError, before any work, if a file cannot be written at
+    `path` later: it is a directory, or its directory cannot be made or
+    written. Creates that directory, as write_atomic would."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; give a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {directory}: {e.strerror}") from None
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"cannot write {path}: {directory} is not writable")
 
 
 def write_atomic(path: str, data: Any) -> None:

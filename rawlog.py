@@ -301,6 +301,10 @@ def _parse_header(path: str, raw: bytes) -> dict:
         header = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UnreadableError(f"{path}: unreadable header: {e}") from None
+    if not isinstance(header, dict):
+        raise UnreadableError(
+            f"{path}: header is a JSON {type(header).__name__}, expected an object"
+        )
     if header.get("schema_version") != schema.SCHEMA_VERSION:
         raise UnreadableError(
             f"{path}: schema version {header.get('schema_version')}, expected "
@@ -410,6 +414,23 @@ def validate(episode: Episode, where: str = "") -> None:
     ]
     if missing:
         raise RawLogError(f"{prefix}episode metadata lacks {', '.join(missing)}")
+    for key in schema.METADATA_KEYS:
+        if key == schema.FILE_PATH:
+            continue
+        value = episode.metadata[key]
+        if key == schema.SUCCESS:
+            ok = isinstance(value, (bool, np.bool_)) or (
+                isinstance(value, (int, np.integer)) and value in (0, 1)
+            )
+            expected = "true or false"
+        elif key == schema.SEED:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            expected = "an integer"
+        else:
+            ok = isinstance(value, str)
+            expected = "a string"
+        if not ok:
+            raise RawLogError(f"{prefix}episode metadata {key} is {value!r}, expected {expected}")
 
 
 def list_episode_files(directory: str) -> List[str]:

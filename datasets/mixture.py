@@ -237,7 +237,7 @@ def _read_yaml(path: str):
             return yaml.safe_load(f)
     except OSError as e:
         raise MixtureError(f"cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise MixtureError(f"{path} is not valid YAML: {e}") from None
 
 
@@ -295,7 +295,7 @@ def _resolve(source: Source, data_dir: str) -> ResolvedSource:
             f"{dataset_id}: split slice {source.split!r} does not fit the {split_name!r} split "
             f"of {total} episodes ({e})"
         ) from None
-    if sub.num_examples == 0:
+    if sub.num_examples <= 0:  # TFDS counts a backwards slice (train[3:1]) as -2
         raise MixtureError(f"{dataset_id}: {source.split!r} selects no episodes")
     instructions = tuple(
         (fi.filename, int(fi.skip), int(fi.take)) for fi in sub.file_instructions if fi.take != 0

@@ -25,6 +25,8 @@ def render_task(
     """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
     with grasp_env_lib.GraspEnv(task, config) as env:
         observation = env.reset(seed)
         for _ in range(steps):

@@ -246,16 +246,29 @@ def read_metadata(path: str) -> dict:
 
 
 def export_directory(
-    input_dir: str, out_dir: str, storage: str = "mcap", progress: Optional[callable] = None
+    input_dir: str,
+    out_dir: str,
+    storage: str = "mcap",
+    progress: Optional[callable] = None,
+    skipped: Optional[list] = None,
 ) -> List[str]:
     """Writes every episode file in `input_dir` as a bag in `out_dir`.
 
-    Bags already present are kept (so an interrupted export resumes).
+    Bags already present are kept (so an interrupted export resumes). A file
+    that is not a valid episode is left out, the rest still exported: its
+    (path, reason) goes to `skipped` if given.
     """
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for path in rawlog.list_episode_files(input_dir):
-        episode = rawlog.read_episode(path)
+        try:
+            episode = rawlog.read_episode(path)
+        except rawlog.RawLogError as e:
+            if skipped is not None:
+                skipped.append((path, str(e)))
+            if progress:
+                progress()
+            continue
         target = os.path.join(out_dir, episode.episode_id + ".bag")
         if not os.path.exists(target):
             write_bag(target, episode, storage)

@@ -72,6 +72,8 @@ class TopicMap:
             )
         except OSError as e:
             raise ValueError(f"topic map {path}: cannot read: {e.strerror}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"topic map {path}: not valid YAML: {e}") from None
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(
                 f"topic map {path}: missing or malformed entry {e}; see "

@@ -71,6 +71,7 @@ class IngestSummary:
     dead_letters: List[dict]
     num_shards: int
     seconds: float
+    replaced: bool = False  # a version of the same number was published before, and is gone
 
     @property
     def reasons(self) -> Dict[str, int]:
@@ -177,7 +178,9 @@ def plan(config: IngestConfig) -> List[List[str]]:
     )
     if not paths:
         raise ValueError(f"no input files match {config.input!r}")
-    size = max(1, config.episodes_per_shard)
+    size = config.episodes_per_shard
+    if size < 1:
+        raise ValueError(f"episodes per shard must be >= 1, got {size}")
     return [paths[i : i + size] for i in range(0, len(paths), size)]
 
 
@@ -347,8 +350,9 @@ def recover(final: str) -> None:
             logging.info("removed %s left by a killed run", path)
 
 
-def publish(staging: str, final: str) -> None:
-    """Moves a complete dataset version into place (replacing an older copy)."""
+def publish(staging: str, final: str) -> bool:
+    """Moves a complete dataset version into place, replacing an older copy
+    of the same version; says whether there was one."""
     if os.path.exists(final):
         old = tempfile.mkdtemp(
             dir=os.path.dirname(final), prefix=f".old-{os.path.basename(final)}-"
@@ -357,8 +361,9 @@ def publish(staging: str, final: str) -> None:
         os.replace(final, old)
         os.replace(staging, final)
         shutil.rmtree(old)
-    else:
-        os.replace(staging, final)
+        return True
+    os.replace(staging, final)
+    return False
 
 
 def ingest(
@@ -372,6 +377,8 @@ def ingest(
     dataset = config.dataset_id
     start = time.perf_counter()
     chunks = plan(config)
+    if config.source == "rosbag":
+        _topic_map(config)  # a bad map is one clear error here, not one per worker
     final = dataset.version_dir(config.data_dir)
     remote = final.startswith("gs://")
     if remote:  # build locally, upload with the card last (pipelines/remote.py)
@@ -415,8 +422,9 @@ def ingest(
             from neverstop.pipelines import remote as remote_lib
 
             remote_lib.publish(staging, final)
+            replaced = False  # gs:// versions are never overwritten: that publish refuses
         else:
-            publish(staging, final)
+            replaced = publish(staging, final)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)
@@ -427,4 +435,6 @@ def ingest(
         stats.episodes,
         len(dead),
     )
-    return IngestSummary(str(dataset), final, stats, dead, num_shards, time.perf_counter() - start)
+    return IngestSummary(
+        str(dataset), final, stats, dead, num_shards, time.perf_counter() - start, replaced
+    )

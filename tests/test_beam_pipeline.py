@@ -86,3 +86,14 @@ def test_non_positive_workers_are_refused(workers):
 def test_unknown_running_mode_is_refused():
     with pytest.raises(ValueError, match="unknown running mode 'threads'"):
         beam_pipeline.pipeline_options([], running_mode="threads")
+
+
+def test_flags_beam_does_not_know_are_refused_not_dropped():
+    # Beam would log and drop them, running with the defaults instead.
+    with pytest.raises(ValueError, match="unknown option --epislon, --verison: neither"):
+        beam_pipeline.pipeline_options(DATAFLOW_ARGS + ["--verison", "2.0.0", "--epislon=0.2"])
+    # Options of other runners that Beam defines still pass.
+    options = beam_pipeline.pipeline_options(
+        ["--runner=FlinkRunner", "--flink_master=host:8081", "--experiments=a"]
+    )
+    assert options.view_as(po.FlinkRunnerOptions).flink_master == "host:8081"

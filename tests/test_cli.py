@@ -224,6 +224,14 @@ def test_unknown_flags_on_a_command_without_beam_exit_2(capsys):
     assert "neverstop tasks: error: unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
+def test_a_mistyped_beam_flag_exits_2_before_any_work(tmp_path, capsys):
+    out = tmp_path / "raw"
+    code = cli.main(["collect", "--episodes", "2", "--out", str(out), "--epislon", "0.2"])
+    assert code == 2
+    assert "neverstop collect: error: unknown option --epislon" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_export_bag_from_an_empty_directory_exits_2(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -427,6 +435,21 @@ def _eval_json(path, outcomes, seed=1_000_000, task="checkerboard", **extra):
     return eval_results.write(path, result)
 
 
+def test_compare_names_a_result_with_impossible_counts(capsys, tmp_path):
+    good = _eval_json(tmp_path / "good.json", "10" * 50)
+    empty = tmp_path / "empty.json"
+    result = json.loads(open(good).read())
+    result.update(episodes=0, successes=0, outcomes="")
+    empty.write_text(json.dumps(result))
+    assert cli.main(["compare", good, str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: expected 'episodes' >= 1 and 0 <= 'successes' <= 'episodes'" in err
+    png = tmp_path / "plot.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert cli.main(["compare", good, str(png)]) == 2
+    assert f"{png}: not valid JSON" in capsys.readouterr().err
+
+
 def test_compare_pairs_two_evaluations_on_the_same_seeds(capsys, tmp_path):
     # 100 scenes both solve, 40 only the fine-tune, 60 neither: +20 points. By
     # hand: Wilson 140/200 [0.6332, 0.7593], 100/200 [0.4314, 0.5686]; phi =
@@ -467,6 +490,30 @@ def test_train_with_actor_trains_and_acts_with_one():
     assert (config.actor, config.acting) == (False, "cem")
     config = cli._train_config(parser.parse_args(base + ["--actor"]))
     assert (config.actor, config.acting) == (True, "actor")
+
+
+def test_train_with_the_qtopt_merge_drops_the_late_merges_keypoints():
+    parser = cli.build_parser()
+    base = ["train", "--mixture", "base:train:1", "--data-dir", "d", "--run-dir", "r"]
+    config = cli._train_config(parser.parse_args(base + ["--merge", "qtopt"]))
+    assert (config.merge, config.keypoints) == ("qtopt", False)
+    assert cli._train_config(parser.parse_args(base)).keypoints
+
+
+def test_results_that_could_not_be_written_are_refused_before_the_episodes(tmp_path, capsys):
+    (tmp_path / "adir").mkdir()
+    code = cli.main(["rollout", "--episodes", "1", "--json", str(tmp_path / "adir")])
+    assert code == 2
+    assert f"neverstop rollout: error: {tmp_path / 'adir'} is a directory" in capsys.readouterr().err
+    # A missing folder is made, as for every other output.
+    out = tmp_path / "new" / "r.json"
+    assert cli.main(["rollout", "--episodes", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["episodes"] == 1
+    code = cli.main(
+        ["eval", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "adir")]
+    )
+    assert code == 2
+    assert f"neverstop eval: error: {tmp_path / 'adir'} is a directory" in capsys.readouterr().err
 
 
 def test_train_reports_bad_input_as_an_error_line(capsys, tmp_path):

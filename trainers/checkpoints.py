@@ -63,10 +63,7 @@ def read_config(run_dir: str) -> TrainConfig:
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.exists(path):
         raise ConfigError(f"{run_dir}: no {CONFIG_FILE}; is this a neverstop run directory?")
-    try:
-        return TrainConfig.load(path)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{path}: not a valid trainer config: {e}") from e
+    return TrainConfig.load(path)  # its errors name the file
 
 
 def restore_online(
@@ -80,6 +77,13 @@ def restore_online(
     checkpoint = tf.train.Checkpoint(**parts)
     try:
         checkpoint.restore(ref.prefix).expect_partial().assert_existing_objects_matched()
+    except (IndexError, tf.errors.OpError) as e:
+        # A cut or overwritten .data/.index file: TensorFlow's reader fails
+        # somewhere inside, with nothing that names the checkpoint.
+        raise ConfigError(
+            f"{ref.prefix}: cannot read this checkpoint's files (truncated or corrupted?): "
+            f"{type(e).__name__}: {e}"
+        ) from None
     except AssertionError as e:
         raise ConfigError(
             f"{ref.prefix}: lacks variables of the network its run's config describes "

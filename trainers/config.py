@@ -11,7 +11,10 @@ back and refuses unknown keys, so a typo never silently means a default.
 import dataclasses
 import json
 import math
+import numbers
 from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
 
 MODES = ("pretrain", "finetune", "scratch", "imagenet")
 MERGES = ("late", "qtopt")
@@ -50,6 +53,37 @@ class ConfigError(ValueError):
     """A config value (or a checkpoint's config) that cannot be used."""
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+# What each annotation accepts, and how an error names it.
+_TYPE_CHECKS = {
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a number"),
+    bool: (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    Optional[bool]: (lambda v: v is None or isinstance(v, (bool, np.bool_)), "true, false or null"),
+}
+
+
+def check_types(config, prefix: str = "") -> None:
+    """Raises ConfigError naming the first field of a config dataclass whose
+    value is not of its annotated type (a JSON file can hold anything)."""
+    for field in dataclasses.fields(config):
+        check = _TYPE_CHECKS.get(field.type)
+        if check is None:
+            continue
+        ok, expected = check
+        value = getattr(config, field.name)
+        if not ok(value):
+            raise ConfigError(f"{prefix}{field.name} must be {expected}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CEMConfig:
     samples: int = 64
@@ -61,6 +95,7 @@ class CEMConfig:
     actor_std: float = 0.3
 
     def __post_init__(self):
+        check_types(self, "cem.")
         if self.samples < 2 or not 1 <= self.elites <= self.samples:
             raise ConfigError(
                 f"CEM needs samples >= 2 and 1 <= elites <= samples, got "
@@ -139,7 +174,25 @@ class TrainConfig:
 
     def __post_init__(self):
         if isinstance(self.cem, dict):
-            object.__setattr__(self, "cem", CEMConfig(**self.cem))
+            object.__setattr__(self, "cem", _cem_config(self.cem))
+        if not isinstance(self.cem, CEMConfig):
+            raise ConfigError(f"cem must be a mapping of CEM settings, got {self.cem!r}")
+        check_types(self)
+        if not (
+            isinstance(self.tower_filters, (list, tuple))
+            and all(
+                isinstance(f, (list, tuple)) and len(f) == 3 and all(_is_int(x) for x in f)
+                for f in self.tower_filters
+            )
+        ):
+            raise ConfigError(
+                "tower_filters must be a non-empty list of (filters, kernel, stride) integers, "
+                f"got {self.tower_filters!r}"
+            )
+        if not (
+            isinstance(self.head_units, (list, tuple)) and all(_is_int(u) for u in self.head_units)
+        ):
+            raise ConfigError(f"head_units must be a list of integers, got {self.head_units!r}")
         object.__setattr__(self, "tower_filters", tuple(tuple(f) for f in self.tower_filters))
         object.__setattr__(self, "head_units", tuple(self.head_units))
         if self.mode not in MODES:
@@ -203,16 +256,37 @@ class TrainConfig:
             raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
         data = _with_legacy_defaults(data)
         if isinstance(data.get("cem"), dict):
-            data["cem"] = CEMConfig(**data["cem"])
+            data["cem"] = _cem_config(data["cem"])
         return cls(**data)
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Reads a config JSON file; every error names the file."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config: {e.strerror}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: not a JSON config: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: a config is a JSON object of fields, got a {type(data).__name__}"
+            )
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def with_merge(self, merge: str) -> "TrainConfig":
+        """This config with another merge; `keypoints`, which was worked out
+        for the old merge (only `late` has them), follows the new one."""
+        if merge == self.merge:
+            return self
+        return self.replace(merge=merge, keypoints=None)
 
 
 def check_compatible(
@@ -247,6 +321,14 @@ def check_acting(config: TrainConfig, acting: str, where: str) -> None:
             f'{where}: acting "{acting}" needs a network with an actor (config actor: true) '
             'and this one has none; act with "cem"'
         )
+
+
+def _cem_config(values: Dict[str, Any]) -> CEMConfig:
+    known = {f.name for f in dataclasses.fields(CEMConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown cem keys {unknown}; known: {sorted(known)}")
+    return CEMConfig(**values)
 
 
 def _with_legacy_defaults(data: Dict[str, Any]) -> Dict[str, Any]:

@@ -78,6 +78,10 @@ def pretrain(
     """Trains the tower on the supervised task and writes `out` (.npz)."""
     if not out.endswith(".npz"):
         raise ConfigError(f"--out {out!r}: vision weights are written as .npz")
+    # At least two images: one for training, one to validate on.
+    for name, value, least in (("images", images, 2), ("epochs", epochs, 1)):
+        if value < least:
+            raise ConfigError(f"{name} must be >= {least}, got {value}")
     bar = None
     if progress:
         from tqdm import tqdm

@@ -52,6 +52,17 @@ def read_eval(path: str) -> dict:
             f"{path}: expected an evaluation result (neverstop eval's JSON) with "
             f"{', '.join(EVAL_KEYS)}; missing {', '.join(missing)}"
         )
+    episodes, successes = result["episodes"], result["successes"]
+    if not (
+        isinstance(episodes, int)
+        and isinstance(successes, int)
+        and 0 <= successes <= episodes
+        and episodes >= 1
+    ):
+        raise ValueError(
+            f"{path}: expected 'episodes' >= 1 and 0 <= 'successes' <= 'episodes' (integers), "
+            f"got episodes {episodes!r}, successes {successes!r}"
+        )
     outcomes = result.get("outcomes")  # absent in results written before it was recorded
     if outcomes is not None and not (
         isinstance(outcomes, str)

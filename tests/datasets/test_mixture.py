@@ -123,6 +123,9 @@ def test_bad_yaml_names_the_file(tmp_path):
     path.write_text("sources:\n  - {dataset: base, weight: 1, colour: red}\n")
     with pytest.raises(mixture_lib.MixtureError, match=r"bad.yaml: source 0 has unknown keys"):
         mixture_lib.Mixture.load(str(path))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(mixture_lib.MixtureError, match=r"bad.yaml is not valid YAML"):
+        mixture_lib.Mixture.load(str(path))
     chain = tmp_path / "chain.yaml"
     chain.write_text("chain: []\n")
     with pytest.raises(mixture_lib.MixtureError, match="non-empty 'chain' list"):
@@ -164,6 +167,9 @@ def test_a_slice_larger_than_the_split_is_an_error(data_dir):
         mixture_lib.Mixture.parse("base:train:0.5,checkerboard:train[:800]:0.5").resolve(data_dir)
     with pytest.raises(mixture_lib.MixtureError, match=r"no split 'test'; it has \['train'\]"):
         mixture_lib.Mixture.parse("base:test:1").resolve(data_dir)
+    # TFDS counts a backwards slice as a negative number of episodes.
+    with pytest.raises(mixture_lib.MixtureError, match=r"'train\[3:1\]' selects no episodes"):
+        mixture_lib.Mixture.parse("base:train[3:1]:1").resolve(data_dir)
 
 
 def test_an_incompatible_spec_is_an_error(data_dir, tmp_path):

@@ -33,12 +33,9 @@ def test_statistics_add_up():
 
 
 def test_catalog_lists_and_shows_published_datasets(tmp_path):
-    from tests.pipelines.test_ingest import _config, _episode, _run, _write_raw
+    from tests.pipelines.test_ingest import _config, _raw_dir, _run
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for i in range(6):
-        _write_raw(raw, _episode(i))
+    raw = _raw_dir(tmp_path / "raw", 6)
     _run(_config(raw, tmp_path / "data"))
     _run(_config(raw, tmp_path / "data", version="1.1.0"))
     (tmp_path / "data" / "grasps" / "base" / ".incomplete-2.0.0-x").mkdir()  # ignored
@@ -51,3 +48,30 @@ def test_catalog_lists_and_shows_published_datasets(tmp_path):
     assert card["dead_letters"] == 0
     with pytest.raises(ValueError, match="published: grasps/base:1.0.0, grasps/base:1.1.0"):
         catalog.show(str(tmp_path / "data"), "grasps/checkerboard")
+
+
+def test_a_version_whose_card_is_corrupt_is_named_and_the_others_still_listed(tmp_path):
+    from tests.pipelines.test_ingest import _config, _raw_dir, _run
+
+    raw = _raw_dir(tmp_path / "raw", 3)
+    data = tmp_path / "data"
+    _run(_config(raw, data))
+    _run(_config(raw, data, version="1.1.0"))
+    metadata = data / "grasps" / "base" / "1.1.0" / "metadata.json"
+    metadata.write_text("{not json")
+    broken = []
+    cards = catalog.list_datasets(str(data), broken)
+    assert [c["id"] for c in cards] == ["grasps/base:1.0.0"]
+    assert [b[0] for b in broken] == ["grasps/base:1.1.0"]
+    assert broken[0][1].startswith(f"{metadata}: not valid JSON")
+    # Without a list to report into, the first corrupt card is the error.
+    with pytest.raises(ValueError, match=f"{metadata}: not valid JSON"):
+        catalog.list_datasets(str(data))
+    # Asking for the dataset's newest version names the corrupt file rather
+    # than quietly answering with the older one.
+    with pytest.raises(ValueError, match=f"grasps/base:1.1.0: its card cannot be read: {metadata}"):
+        catalog.show(str(data), "grasps/base")
+    assert catalog.show(str(data), "grasps/base:1.0.0")["id"] == "grasps/base:1.0.0"
+    metadata.write_text("[]")
+    with pytest.raises(ValueError, match="expected a JSON object, got a list"):
+        catalog.list_datasets(str(data))

@@ -212,3 +212,18 @@ def test_export_directory_converts_every_episode_and_keeps_existing_bags(
 
     monkeypatch.setattr(rb, "write_bag", no_rewrite)
     assert rb.export_directory(str(raw), str(out), "sqlite3") == expected
+
+
+def test_export_directory_leaves_out_bad_files_and_exports_the_rest(tmp_path, episodes):
+    raw, out = tmp_path / "raw", tmp_path / "bags"
+    raw.mkdir()
+    (raw / "aaa-junk.nsep").write_bytes(b"not an episode")
+    for episode in episodes:
+        rawlog.write_episode(str(raw), episode)
+    skipped = []
+    written = rb.export_directory(str(raw), str(out), "sqlite3", skipped=skipped)
+    assert written == [str(out / (e.episode_id + ".bag")) for e in episodes]
+    assert [(os.path.basename(p), r.split(": ", 1)[0]) for p, r in skipped] == [
+        ("aaa-junk.nsep", str(raw / "aaa-junk.nsep"))
+    ]
+    assert "not a neverstop episode file" in skipped[0][1]

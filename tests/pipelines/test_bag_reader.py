@@ -72,6 +72,27 @@ def test_a_topic_map_missing_an_entry_is_refused(tmp_path):
         ValueError, match=r"topic map .*map.yaml: missing or malformed entry 'camera'"
     ):
         bag_reader.TopicMap.load(str(bad))
+    bad.write_text("camera: [unclosed\n")
+    with pytest.raises(ValueError, match=r"topic map .*map.yaml: not valid YAML"):
+        bag_reader.TopicMap.load(str(bad))
+
+
+def test_a_bad_topic_map_stops_ingest_before_any_worker_or_staging(tmp_path):
+    from neverstop.pipelines import ingest
+
+    raw = tmp_path / "bags" / "x.bag"
+    raw.mkdir(parents=True)
+    config = ingest.IngestConfig(
+        input=str(tmp_path / "bags" / "*.bag"),
+        dataset="grasps",
+        config="base",
+        data_dir=str(tmp_path / "data"),
+        source="rosbag",
+        topic_map=str(tmp_path / "missing.yaml"),
+    )
+    with pytest.raises(ValueError, match=r"topic map .*missing.yaml: cannot read"):
+        ingest.ingest(config, running_mode="in_memory")
+    assert not (tmp_path / "data").exists()
 
 
 def test_bag_not_a_directory_is_refused(tmp_path, topic_map):

@@ -4,9 +4,11 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -50,6 +52,24 @@ def _write_raw(directory, episode, name=None) -> str:
     return path
 
 
+def _raw_dir(directory, count: int):
+    """`directory`, made, holding the raw files of episodes 0..count-1."""
+    directory.mkdir()
+    for i in range(count):
+        _write_raw(directory, _episode(i))
+    return directory
+
+
+def _with_header(episode, header: bytes) -> bytes:
+    """The episode's file with its JSON header replaced by `header`, framed
+    and checksummed as a real file is, so only the header is wrong."""
+    data = rawlog.to_bytes(episode)
+    _, _, length = struct.unpack("<4sHI", data[:10])
+    body = data[:4] + struct.pack("<HI", struct.unpack("<H", data[4:6])[0], len(header))
+    body += header + data[10 + length : -4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
 def _config(raw, data, **overrides) -> ingest.IngestConfig:
     values = dict(
         input=os.path.join(str(raw), "*.nsep"),
@@ -76,11 +96,7 @@ def _digests(directory) -> dict:
 
 @pytest.fixture
 def raw(tmp_path):
-    directory = tmp_path / "raw"
-    directory.mkdir()
-    for i in range(12):
-        _write_raw(directory, _episode(i))
-    return directory
+    return _raw_dir(tmp_path / "raw", 12)
 
 
 _LOAD_SCRIPT = textwrap.dedent("""
@@ -183,11 +199,19 @@ def test_planted_faults_land_in_the_dead_letter_and_good_episodes_land(raw, tmp_
     )
     _write_raw(broken, _episode(104, task="checkerboard"))
     (broken / "junk.nsep").write_bytes(b"not an episode at all")
+    # Well-framed files (checksums valid) whose header says the wrong things.
+    no_seed = _episode(105)
+    no_seed.metadata[schema.SEED] = None
+    _write_raw(broken, no_seed)
+    no_success = _episode(106)
+    no_success.metadata[schema.SUCCESS] = None
+    _write_raw(broken, no_success)
+    (broken / "list-header.nsep").write_bytes(_with_header(_episode(107), b"[]"))
 
     summary = _run(_config(broken, tmp_path / "data"))
     assert summary.statistics.episodes == 12  # exactly the good ones
     by_file = {os.path.basename(r["file"]): r for r in summary.dead_letters}
-    assert len(summary.dead_letters) == 7
+    assert len(summary.dead_letters) == 10
     expected = {
         rawlog.filename(_episode(100).episode_id): ("invalid", "checksum mismatch"),
         rawlog.filename(_episode(101).episode_id): ("invalid", "step 1: action is not finite"),
@@ -199,6 +223,15 @@ def test_planted_faults_land_in_the_dead_letter_and_good_episodes_land(raw, tmp_
             "task 'checkerboard'",
         ),
         "junk.nsep": ("unreadable", "not a neverstop episode file"),
+        rawlog.filename(_episode(105).episode_id): (
+            "invalid",
+            "episode metadata seed is None, expected an integer",
+        ),
+        rawlog.filename(_episode(106).episode_id): (
+            "invalid",
+            "episode metadata success is None, expected true or false",
+        ),
+        "list-header.nsep": ("unreadable", "header is a JSON list, expected an object"),
     }
     for name, (kind, reason) in expected.items():
         assert by_file[name]["reason_kind"] == kind, name
@@ -206,16 +239,13 @@ def test_planted_faults_land_in_the_dead_letter_and_good_episodes_land(raw, tmp_
     with open(os.path.join(summary.path, rlds_grasp.DEAD_LETTER_FILE)) as f:
         lines = [json.loads(line) for line in f]
     assert sorted(os.path.basename(r["file"]) for r in lines) == sorted(expected)
-    assert summary.reasons == {"invalid": 5, "duplicate": 1, "unreadable": 1}
+    assert summary.reasons == {"invalid": 7, "duplicate": 1, "unreadable": 2}
 
 
 def test_duplicates_within_and_across_shards_keep_the_first_valid_episode(tmp_path):
     import tensorflow_datasets as tfds
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for i in range(8):
-        _write_raw(raw, _episode(i))
+    raw = _raw_dir(tmp_path / "raw", 8)
     # Names sort after the original's: "...000001b" lands in shard 0 with
     # it (within a shard), "zz-" in the last shard (across shards).
     original = os.path.join(raw, rawlog.filename(_episode(1).episode_id))
@@ -263,6 +293,16 @@ def test_same_inputs_give_the_same_bytes(raw, tmp_path):
     assert first[rlds_grasp.DEAD_LETTER_FILE] == second[rlds_grasp.DEAD_LETTER_FILE]
 
 
+def test_publishing_a_version_again_replaces_it_and_says_so(raw, tmp_path):
+    data = tmp_path / "data"
+    first = _run(_config(raw, data))
+    assert (first.replaced, first.statistics.episodes) == (False, 12)
+    second = _run(_config(_raw_dir(tmp_path / "fewer", 3), data))
+    assert second.path == first.path
+    assert (second.replaced, second.statistics.episodes) == (True, 3)
+    assert sorted(n for n in os.listdir(os.path.dirname(first.path))) == ["1.0.0"]
+
+
 def test_a_failed_run_leaves_the_published_version_untouched(raw, tmp_path, monkeypatch):
     config = _config(raw, tmp_path / "data")
     published = _run(config).path
@@ -307,10 +347,7 @@ def test_sigkill_midway_leaves_the_published_version_loadable_and_untouched(tmp_
     import signal
     import time
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for i in range(6):
-        _write_raw(raw, _episode(i))
+    raw = _raw_dir(tmp_path / "raw", 6)
     data = tmp_path / "data"
     published = _run(_config(raw, data)).path
     before = _digests(published)
@@ -378,3 +415,9 @@ def test_recover_restores_a_version_caught_between_publish_renames(tmp_path):
     ingest.recover(str(parent / "1.0.0"))
     assert sorted(os.listdir(parent)) == ["1.0.0"]
     assert (parent / "1.0.0" / "dataset_info.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_a_shard_size_below_one_is_refused(raw, tmp_path, size):
+    with pytest.raises(ValueError, match=f"episodes per shard must be >= 1, got {size}"):
+        ingest.plan(_config(raw, tmp_path / "data", episodes_per_shard=size))

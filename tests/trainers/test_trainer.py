@@ -1,6 +1,8 @@
 """Tests for neverstop/trainers: CEM, the Bellman target, runs, resume, bad input."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -383,6 +385,65 @@ def test_mode_flags_are_checked(data_dir, tmp_path):
         tiny_config(mode="imagenette")
     with pytest.raises(ConfigError, match="unknown config keys \\['gama'\\]"):
         TrainConfig.from_dict({"gama": 0.9})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"augment": "no"}, "augment must be true or false, got 'no'"),
+        ({"batch_size": "big"}, "batch_size must be an integer, got 'big'"),
+        ({"batch_size": None}, "batch_size must be an integer, got None"),
+        ({"batch_size": 8.5}, "batch_size must be an integer, got 8.5"),
+        ({"steps": "3"}, "steps must be an integer, got '3'"),
+        ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
+        ({"tower_filters": 5}, "tower_filters must be a non-empty list of .* got 5"),
+        ({"head_units": [256, "x"]}, "head_units must be a list of integers"),
+        ({"cem": {"bogus": 1}}, "unknown cem keys \\['bogus'\\]"),
+        ({"cem": {"samples": "64"}}, "cem.samples must be an integer, got '64'"),
+        ({"cem": 3}, "cem must be a mapping of CEM settings, got 3"),
+    ],
+)
+def test_a_config_file_with_a_value_of_the_wrong_type_is_refused_naming_file_and_field(
+    tmp_path, fields, message
+):
+    path = tmp_path / "override.json"
+    path.write_text(json.dumps(fields))
+    with pytest.raises(ConfigError, match=f"^{path}: {message}"):
+        TrainConfig.load(str(path))
+
+
+def test_a_config_file_that_is_not_a_json_object_is_refused_naming_it(tmp_path):
+    for text, message in (("[1, 2]", "a config is a JSON object of fields, got a list"),
+                          ("{steps: 3}", "not a JSON config")):
+        path = tmp_path / "c.json"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"^{path}: {message}"):
+            TrainConfig.load(str(path))
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: cannot read the config"):
+        TrainConfig.load(str(tmp_path))
+    # Learning rates written as integers are numbers too.
+    assert TrainConfig.from_dict({"learning_rate": 1}).learning_rate == 1
+
+
+def test_another_merge_takes_its_own_keypoints_default():
+    assert TrainConfig().keypoints
+    qtopt_config = TrainConfig().with_merge("qtopt")
+    assert (qtopt_config.merge, qtopt_config.keypoints) == ("qtopt", False)
+    assert qtopt_config.with_merge("late").keypoints
+    # A config that set keypoints for its own merge keeps it when the merge stays.
+    assert not TrainConfig(keypoints=False).with_merge("late").keypoints
+
+
+def test_a_truncated_checkpoint_is_an_error_naming_it(base_run, tmp_path):
+    parent_dir, _ = base_run
+    copy = tmp_path / "cut"
+    shutil.copytree(parent_dir, copy)
+    data = [f for f in os.listdir(copy) if f.startswith("ckpt-20.data")]
+    assert data
+    with open(copy / data[0], "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ConfigError, match=f"{copy}/ckpt-20: cannot read this checkpoint's files"):
+        checkpoints.load_network(str(copy))
 
 
 def test_bench_train_counts_flops_from_the_layers():
