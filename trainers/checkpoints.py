@@ -42,6 +42,13 @@ def locate(path: str) -> CheckpointRef:
     if os.path.isdir(path):
         prefix = tf.train.latest_checkpoint(path)
         if prefix is None:
+            prefixes = [f[: -len(".index")] for f in os.listdir(path) if f.endswith(".index")]
+            if prefixes:  # files, but no `checkpoint` state file naming the newest
+                newest = max(prefixes, key=lambda p: (p.rsplit("-", 1)[-1].isdigit(), len(p), p))
+                raise ConfigError(
+                    f"{path}: no `checkpoint` file names its newest checkpoint; give one "
+                    f"prefix instead, e.g. {os.path.join(path, newest)}"
+                )
             raise ConfigError(f"{path}: no checkpoint in this run directory (no ckpt-* files)")
         run_dir = path
     else:

@@ -56,6 +56,12 @@ def export(checkpoint: str, out: str, seed: int = 0, acting: Optional[str] = Non
     None: the run's config.acting."""
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"--out {out}: exists and is not empty; choose a new directory")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--out {out}: is a file; choose a new directory")
+    try:
+        tf.io.gfile.makedirs(out)  # before loading anything: an unwritable place fails here
+    except tf.errors.OpError as e:
+        raise OSError(f"--out {out}: cannot create it: {e.message}") from None
     network, config, ref = checkpoints.load_network(checkpoint)
     acting = acting or config.acting
     module = ExportedPolicy(network, config.cem, seed, acting)

@@ -145,8 +145,10 @@ def load_tower(path: str, tower: tf.keras.Model, config: TrainConfig) -> dict:
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
             arrays = [data[f"w{i:03d}"] for i in range(len(tower.weights))]
-    except (KeyError, ValueError, OSError) as e:
-        raise ConfigError(f"--vision-weights {path}: not a neverstop vision weights file ({e})")
+    except (KeyError, ValueError, OSError, EOFError) as e:  # EOFError: an empty file
+        raise ConfigError(
+            f"--vision-weights {path}: not a neverstop vision weights file ({e})"
+        ) from None
     check_compatible(meta["architecture"], config, path, TOWER_FIELDS)
     for weight, value in zip(tower.weights, arrays):
         if tuple(weight.shape) != value.shape:

@@ -196,6 +196,11 @@ def test_the_exported_savedmodel_acts_in_a_fresh_process(trained, tmp_path):
     np.testing.assert_allclose(actions[0], expected.numpy()[0], atol=1e-5)
     with pytest.raises(FileExistsError, match="not empty"):
         export.export(run_dir, out)
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    with pytest.raises(FileExistsError, match=f"--out {afile}: is a file"):
+        export.export(run_dir, str(afile))
+    assert afile.read_text() == "x"
 
 
 def test_vision_stand_in_initialises_the_tower_and_is_recorded(trained, tmp_path):
@@ -225,5 +230,8 @@ def test_vision_stand_in_initialises_the_tower_and_is_recorded(trained, tmp_path
         )
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="not a neverstop vision weights file"):
+        vision.load_tower(str(bad), learner.online.tower, config)
+    bad.write_bytes(b"")  # numpy says EOFError
     with pytest.raises(ConfigError, match="not a neverstop vision weights file"):
         vision.load_tower(str(bad), learner.online.tower, config)

@@ -446,6 +446,19 @@ def test_a_truncated_checkpoint_is_an_error_naming_it(base_run, tmp_path):
         checkpoints.load_network(str(copy))
 
 
+def test_a_run_dir_without_its_checkpoint_state_file_names_a_prefix_to_use(base_run, tmp_path):
+    parent_dir, _ = base_run
+    copy = tmp_path / "copy"
+    shutil.copytree(parent_dir, copy)
+    os.remove(copy / "checkpoint")
+    with pytest.raises(ConfigError, match=f"no `checkpoint` file .* e.g. {copy}/ckpt-20$"):
+        checkpoints.locate(str(copy))
+    assert checkpoints.locate(str(copy / "ckpt-20")).step == 20
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no checkpoint in this run directory"):
+        checkpoints.locate(str(tmp_path / "empty"))
+
+
 def test_bench_train_counts_flops_from_the_layers():
     from neverstop.benchmarks import train_bench
 
