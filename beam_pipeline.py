@@ -24,8 +24,8 @@ def pipeline_options(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if running_mode not in RUNNING_MODES:
         raise ValueError(f"unknown running mode {running_mode!r}; expected one of {RUNNING_MODES}")
+    check_known(beam_args)
     options = po.PipelineOptions(list(beam_args))
-    check_known(options)
     if options.view_as(po.StandardOptions).runner in LOCAL_RUNNERS:
         direct = options.view_as(po.DirectOptions)
         direct.direct_num_workers = workers
@@ -41,10 +41,13 @@ def pipeline_options(
     return options
 
 
-def check_known(options) -> None:
+def check_known(beam_args: Sequence[str]) -> None:
     """Refuses flags Beam does not know. Beam itself drops them with a log
     line, so a typo (`--verison 2.0.0`, `--epislon 0.2`) would run the job
     with the default instead of what was meant."""
+    from apache_beam.options import pipeline_options as po
+
+    options = po.PipelineOptions(list(beam_args))
     known = options.get_all_options()
     unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(known))
     if unknown:

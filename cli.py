@@ -388,12 +388,10 @@ def _beam_args(args) -> List[str]:
     """--runner plus every flag the parser did not know: Beam's pipeline
     options, checked before any work starts (a typo is an error, not a
     default)."""
-    from apache_beam.options import pipeline_options as po
-
     from neverstop import beam_pipeline
 
     flags = (["--runner", args.runner] if args.runner else []) + list(args.beam_args)
-    beam_pipeline.check_known(po.PipelineOptions(flags))
+    beam_pipeline.check_known(flags)
     return flags
 
 

@@ -4,11 +4,11 @@ Reads the JSON files TFDS writes beside the shards (dataset_info.json and
 metadata.json), so listing a data dir never loads TensorFlow.
 """
 
-import json
 import os
 import re
 from typing import List, Optional
 
+from neverstop import jsonfile
 from neverstop.datasets import rlds_grasp
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
@@ -16,11 +16,7 @@ _VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 def _read_object(path: str) -> dict:
     """A JSON object from `path`; anything else is a ValueError naming it."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = jsonfile.read(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got a {type(data).__name__}")
     return data

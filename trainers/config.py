@@ -61,13 +61,17 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
 # What each annotation accepts, and how an error names it.
 _TYPE_CHECKS = {
     int: (_is_int, "an integer"),
     float: (_is_number, "a number"),
-    bool: (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    bool: (_is_bool, "true or false"),
     str: (lambda v: isinstance(v, str), "a string"),
-    Optional[bool]: (lambda v: v is None or isinstance(v, (bool, np.bool_)), "true, false or null"),
+    Optional[bool]: (lambda v: v is None or _is_bool(v), "true, false or null"),
 }
 
 
