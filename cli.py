@@ -700,6 +700,17 @@ def _cmd_tasks(args) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """argparse type of every --seed: episode seeds are derived from it as uint32s."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neverstop",
@@ -805,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resets TASK with SEED and writes the 64x64 camera image.",
     )
     env_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="episode seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="episode seed (default: 0)")
     p.add_argument("--out", required=True, help="output PNG path")
     p.add_argument("--scale", type=int, default=1, help="enlarge pixels N times for viewing")
     p.add_argument(
@@ -832,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--episodes", type=int, default=200, help="how many episodes (default: %(default)s)"
     )
-    p.add_argument("--seed", type=int, default=0, help="first episode seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="first episode seed (default: 0)")
     p.add_argument("--json", help="also write the result as JSON here")
     p.set_defaults(fn=_cmd_rollout)
 
@@ -866,7 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
         "thread, so the files are the same whatever --workers",
     )
     p.add_argument("--episodes", type=int, required=True, help="how many episodes in total")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="base seed (default: 0)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--workers",
@@ -975,7 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=64, help="the batch to draw (default: %(default)s)"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="the stream's sampling seed (default: %(default)s)"
+        "--seed", type=_seed, default=0, help="the stream's sampling seed (default: %(default)s)"
     )
     p.add_argument("--no-augment", action="store_true", help="show images without augmentation")
     p.set_defaults(fn=_cmd_mix)
@@ -1018,7 +1029,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=int, help="episodes per side (train: timed steps per merge, default 40)"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="env, collect: the episodes' base seed (default: %(default)s)"
+        "--seed", type=_seed, default=0, help="env, collect: the episodes' base seed (default: %(default)s)"
     )
     p.add_argument(
         "--renderer",
@@ -1068,7 +1079,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="transitions per step (default 64)")
     p.add_argument("--learning-rate", type=float, help="pre-training rate (finetune x0.25)")
     p.add_argument(
-        "--seed", type=int, help="seed of the initial weights, the stream and CEM (default 0)"
+        "--seed", type=_seed, help="seed of the initial weights, the stream and CEM (default 0)"
     )
     p.add_argument(
         "--checkpoint-every", type=int, help="steps between checkpoints (default 1000)"
@@ -1127,7 +1138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=1_000_000,
         help="the first episode's seed (default: %(default)s, the workflows' too)",
     )
@@ -1160,7 +1171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a run dir (newest checkpoint) or prefix")
     p.add_argument("--out", required=True, help="new directory for the SavedModel")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model's CEM generator")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the model's CEM generator")
     acting_flag(p)
     p.set_defaults(fn=_cmd_export)
 
@@ -1180,7 +1191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=10, help="passes over them (default: %(default)s)"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the scenes and weights (default: %(default)s)"
+        "--seed", type=_seed, default=0, help="seed of the scenes and weights (default: %(default)s)"
     )
     p.add_argument("--config", help="JSON TrainConfig (the tower must match the runs using it)")
     p.add_argument(

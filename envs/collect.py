@@ -121,6 +121,8 @@ def validate_config(config: CollectConfig, named_policy: bool = True) -> Collect
 
 
 def _check_writable(directory: str) -> None:
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"--out {directory}: is a file; give a directory for the episodes")
     try:
         os.makedirs(directory, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=rawlog.TEMP_PREFIX)

@@ -75,6 +75,30 @@ def test_every_flag_of_every_command_has_help_text():
     assert silent == []
 
 
+def test_every_seed_flag_refuses_a_negative_seed_by_name(capsys):
+    # Episode seeds are uint32s derived from --seed; -1 used to reach numpy in
+    # some commands ("expected non-negative integer") and pass silently in others.
+    parser = cli.build_parser()
+    seeded = [
+        name
+        for name, sub in _subparsers(parser)
+        if any("--seed" in action.option_strings for action in sub._actions)
+    ]
+    assert {"render", "rollout", "collect", "train", "eval", "export", "pretrain-vision"} <= set(
+        seeded
+    )
+    for name in seeded:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([*name.split(), "--seed", "-1"])
+        assert exit_info.value.code == 2, name
+        err = capsys.readouterr().err
+        assert "argument --seed: a seed is a non-negative integer, got -1" in err, (name, err)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["rollout", "--seed", "x"])
+    assert "a seed is a non-negative integer, got 'x'" in capsys.readouterr().err
+    assert parser.parse_args(["rollout", "--seed", "7"]).seed == 7
+
+
 def test_render_writes_the_first_observation_as_a_scaled_png(tmp_path):
     out = tmp_path / "images" / "checkerboard.png"
     args = "render --task checkerboard --seed 3 --scale 2".split()

@@ -58,11 +58,17 @@ def export(checkpoint: str, out: str, seed: int = 0, acting: Optional[str] = Non
         raise FileExistsError(f"--out {out}: exists and is not empty; choose a new directory")
     if os.path.exists(out) and not os.path.isdir(out):
         raise FileExistsError(f"--out {out}: is a file; choose a new directory")
+    created = not tf.io.gfile.exists(out)
     try:
         tf.io.gfile.makedirs(out)  # before loading anything: an unwritable place fails here
     except tf.errors.OpError as e:
         raise OSError(f"--out {out}: cannot create it: {e.message}") from None
-    network, config, ref = checkpoints.load_network(checkpoint)
+    try:
+        network, config, ref = checkpoints.load_network(checkpoint)
+    except BaseException:
+        if created:  # a checkpoint that cannot be loaded leaves no empty --out behind
+            tf.io.gfile.rmtree(out)
+        raise
     acting = acting or config.acting
     module = ExportedPolicy(network, config.cem, seed, acting)
     tf.saved_model.save(module, out, signatures={"serving_default": module.act})

@@ -132,6 +132,15 @@ def test_validate_config_refuses_an_unwritable_output_directory(tmp_path):
     assert str(error.value) == f"output directory {str(out)!r} is not writable: Not a directory"
 
 
+def test_validate_config_names_a_file_given_as_the_output_directory(tmp_path):
+    out = tmp_path / "afile"
+    out.write_text("a file, not a directory")
+    with pytest.raises(ValueError) as error:
+        collect.validate_config(_config(out))
+    assert str(error.value) == f"--out {out}: is a file; give a directory for the episodes"
+    assert out.read_text() == "a file, not a directory"
+
+
 def test_validate_config_creates_the_output_directory_and_leaves_no_probe(tmp_path):
     out = tmp_path / "a" / "b"
     config = _config(out)

@@ -203,6 +203,20 @@ def test_the_exported_savedmodel_acts_in_a_fresh_process(trained, tmp_path):
     assert afile.read_text() == "x"
 
 
+def test_export_of_a_checkpoint_that_cannot_be_loaded_leaves_no_out_dir(tmp_path):
+    missing = str(tmp_path / "no-such-run")
+    out = tmp_path / "exported"
+    with pytest.raises(Exception, match="no-such-run") as error:
+        export.export(missing, str(out))
+    assert not isinstance(error.value, FileExistsError)
+    assert not out.exists()
+    # An empty directory the user made beforehand is theirs: it stays.
+    out.mkdir()
+    with pytest.raises(Exception, match="no-such-run"):
+        export.export(missing, str(out))
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
 def test_vision_stand_in_initialises_the_tower_and_is_recorded(trained, tmp_path):
     data_dir, _ = trained
     path = str(tmp_path / "tower.npz")
