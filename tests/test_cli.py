@@ -497,6 +497,22 @@ def test_compare_pairs_two_evaluations_on_the_same_seeds(capsys, tmp_path):
         "A - B: +20.0 points, 95% interval [+10.4, +29.1], "
         "as independent samples: different seed (1000000 and 2000000)"
     )
+    # `neverstop rollout` results record no `seed` (their episodes' seeds are
+    # numbered another way): never paired, and the reason says so.
+    rollouts = []
+    for name in ("r1.json", "r2.json"):
+        result = json.loads(open(other).read())
+        result["first_seed"] = result.pop("seed")
+        del result["outcomes"]
+        (tmp_path / name).write_text(json.dumps(result))
+        rollouts.append(str(tmp_path / name))
+    assert cli.main(["compare", tuned, rollouts[0]]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith("as independent samples: no seed recorded in one"), last
+    assert cli.main(["compare", *rollouts]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith("+0.0 points, 95% interval [-9.7, +9.7], as independent samples: "
+                         "no seed recorded in both"), last
 
 
 def test_compare_names_a_result_whose_outcomes_disagree(capsys, tmp_path):

@@ -147,7 +147,11 @@ def unpaired_reason(a: dict, b: dict) -> Optional[str]:
     """Why two evaluations cannot be compared episode by episode; None if they
     can (both recorded their outcomes, on the same seeds and objects)."""
     for key in ("episodes", "seed", "object_split"):
-        if a.get(key) is None or a.get(key) != b.get(key):
+        if a.get(key) is None or b.get(key) is None:
+            # e.g. a `neverstop rollout` result, which records its first seed
+            # under another name and numbers its episodes' seeds another way.
+            return f"no {key} recorded in {'both' if a.get(key) == b.get(key) else 'one'}"
+        if a.get(key) != b.get(key):
             return f"different {key} ({a.get(key)} and {b.get(key)})"
     if not (a.get("outcomes") and b.get("outcomes")):
         return "per-episode outcomes not recorded in both"
